@@ -1,0 +1,136 @@
+"""Boundary validation: every failure is a ``ValueError`` that names the argument and shows evidence.
+
+Static checks (tree structure, shapes, dtypes, names) run at trace time, so they cost nothing under
+``jit``. Value checks (rates in range, NaN scores) run only on concrete arrays: under ``jit`` a value
+is a tracer and cannot be inspected without a host sync, so traced values pass unchecked and the
+documented fallback applies (e.g. NaN scores rank lowest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxprune._types import PyTree
+
+
+def is_traced(x: Any) -> bool:
+    """Whether ``x`` is a JAX tracer (inside ``jit``/``vmap``/``grad``), i.e. has no concrete value."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def leaves_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
+    """``[(keystr(path), leaf), ...]`` in flattening order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(jax.tree_util.keystr(path), leaf) for path, leaf in flat]
+
+
+def _describe(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None:
+        return f"{type(x).__name__} {x!r}"
+    return f"{dtype}{list(shape)}"
+
+
+def check_same_structure(tree: PyTree, ref: PyTree, *, name: str, ref_name: str = "params") -> None:
+    """Raise if ``tree`` and ``ref`` do not have the same pytree structure; name the first differing path."""
+    if jax.tree.structure(tree) == jax.tree.structure(ref):
+        return
+    got = [p for p, _ in leaves_with_paths(tree)]
+    want = [p for p, _ in leaves_with_paths(ref)]
+    first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
+    if first is None:
+        first = min(len(got), len(want))
+    got_at = got[first] if first < len(got) else "<no more leaves>"
+    want_at = want[first] if first < len(want) else "<no more leaves>"
+    missing = sorted(set(want) - set(got))[:3]
+    extra = sorted(set(got) - set(want))[:3]
+    raise ValueError(
+        f"{name} must have exactly the structure of {ref_name}: first difference at leaf #{first}: "
+        f"{ref_name} has {want_at}, {name} has {got_at} ({len(want)} vs {len(got)} leaves"
+        + (f"; missing from {name}: {missing}" if missing else "")
+        + (f"; not in {ref_name}: {extra}" if extra else "")
+        + "). Build it from the same params, e.g. jaxprune.masks.ones(params)."
+    )
+
+
+def check_like(tree: PyTree, ref: PyTree, *, name: str, ref_name: str = "params") -> None:
+    """Raise unless ``tree`` has ``ref``'s structure and every leaf has the matching leaf's shape."""
+    check_same_structure(tree, ref, name=name, ref_name=ref_name)
+    for (path, leaf), (_, ref_leaf) in zip(
+        leaves_with_paths(tree), leaves_with_paths(ref), strict=True
+    ):
+        if np.shape(leaf) != np.shape(ref_leaf):
+            raise ValueError(
+                f"{name}{path} has shape {list(np.shape(leaf))} but {ref_name}{path} has shape "
+                f"{list(np.shape(ref_leaf))}; every leaf of {name} must match {ref_name}'s shape."
+            )
+
+
+def check_mask(mask: PyTree, params: PyTree, *, name: str = "mask") -> None:
+    """Raise unless ``mask`` mirrors ``params`` exactly with bool leaves (invariant 1)."""
+    check_like(mask, params, name=name)
+    for path, leaf in leaves_with_paths(mask):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or np.dtype(dtype) != np.bool_:
+            raise ValueError(
+                f"{name}{path} must be a bool array, got {_describe(leaf)}. Masks hold True = kept; "
+                f"convert with jax.tree.map(lambda m: m.astype(bool), {name}) if it is 0/1."
+            )
+
+
+def check_in_range(
+    value: Any,
+    *,
+    name: str,
+    low: float = 0.0,
+    high: float = 1.0,
+    high_inclusive: bool = False,
+) -> None:
+    """Raise if a concrete scalar (or every leaf of a pytree of them) is outside ``[low, high)``.
+
+    Traced values are not checked (see module docstring).
+    """
+    closing = "]" if high_inclusive else ")"
+    for path, leaf in leaves_with_paths(value):
+        if is_traced(leaf):
+            continue
+        arr = np.asarray(leaf, dtype=np.float64)
+        bad = np.isnan(arr) | (arr < low) | ((arr > high) if high_inclusive else (arr >= high))
+        if bad.any():
+            shown = arr[bad].ravel()[:3].tolist()
+            raise ValueError(
+                f"{name}{path} must be in [{low}, {high}{closing}, got {shown}"
+                + (f" (of shape {list(arr.shape)})" if arr.ndim else "")
+                + "."
+            )
+
+
+def check_no_nan(tree: PyTree, *, name: str) -> None:
+    """Raise if a concrete leaf of ``tree`` holds a NaN; names the first such path and the count."""
+    for path, leaf in leaves_with_paths(tree):
+        if is_traced(leaf):
+            continue
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
+            raise ValueError(
+                f"{name}{path} holds {int(np.isnan(arr).sum())} NaN value(s) of {arr.size}; scores "
+                "must be numbers (did training diverge, or a gradient come back NaN?)."
+            )
+
+
+def check_choice(value: str, choices: Iterable[str] | Mapping[str, Any], *, name: str) -> None:
+    """Raise if ``value`` is not one of ``choices``; the message lists them all."""
+    options = sorted(choices)
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(options)}.")
+
+
+def require(value: Any, *, name: str, why: str) -> None:
+    """Raise if a needed optional argument is ``None``."""
+    if value is None:
+        raise ValueError(f"{name} is required {why}, got None.")
