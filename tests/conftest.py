@@ -1,0 +1,20 @@
+"""Strict test settings: implicit rank promotion raises, warnings are errors (pyproject)."""
+
+import os
+
+# Tests that shard tickets over devices need several host devices; must be set before jax starts.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True)
+settings.load_profile("ci")
+
+
+@pytest.fixture
+def key() -> jax.Array:
+    return jax.random.key(0)
