@@ -1,0 +1,33 @@
+"""The training engine: pure masked steps, scanned epochs, many tickets at once, across devices."""
+
+from jaxprune.train.loop import History as History
+from jaxprune.train.loop import evaluate as evaluate
+from jaxprune.train.loop import fit as fit
+from jaxprune.train.loop import shard_tickets as shard_tickets
+from jaxprune.train.loop import stack as stack
+from jaxprune.train.loop import ticket_mesh as ticket_mesh
+from jaxprune.train.loop import train_chunk as train_chunk
+from jaxprune.train.loop import unstack as unstack
+from jaxprune.train.step import MODES as MODES
+from jaxprune.train.step import Steps as Steps
+from jaxprune.train.step import TrainState as TrainState
+from jaxprune.train.step import cross_entropy as cross_entropy
+from jaxprune.train.step import effective_params as effective_params
+from jaxprune.train.step import make_steps as make_steps
+
+__all__ = [
+    "MODES",
+    "History",
+    "Steps",
+    "TrainState",
+    "cross_entropy",
+    "effective_params",
+    "evaluate",
+    "fit",
+    "make_steps",
+    "shard_tickets",
+    "stack",
+    "ticket_mesh",
+    "train_chunk",
+    "unstack",
+]

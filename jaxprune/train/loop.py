@@ -1,0 +1,328 @@
+"""Fitting on on-device data: ``lax.scan`` over steps, many tickets at once, sharded over devices.
+
+The training split lives on the device. Step ``t`` of a run trains on the batch
+``perm_e[j·B : (j+1)·B]`` with ``e = t // S``, ``j = t mod S`` (``S`` = batches per epoch, the last
+partial batch dropped) and ``perm_e = permutation(fold_in(data_key, e), n_train)``: the data order
+is a pure function of the data key and the step, so a run resumed at any step sees the same data.
+
+A fit is a host loop over *chunks* of ``eval_every`` steps; each chunk is one compiled program
+(a ``lax.scan``) that trains every ticket, followed by an evaluation on validation and test. The
+programs are cached on their static shape, so changing masks, keys, rates or data never
+recompiles (invariant 6). With ``tickets=True`` every argument carries a leading ticket axis and
+the programs are ``vmap``-ed over it (or run in ``lax.map`` chunks of ``ticket_batch_size``);
+the data are shared by all tickets, and so is the data order unless ``data_keys`` has one key per
+ticket.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from jaxprune import _checks
+from jaxprune._types import Array, Key, Mask, PyTree
+from jaxprune.train.step import Steps, TrainState
+
+__all__ = [
+    "History",
+    "evaluate",
+    "fit",
+    "shard_tickets",
+    "stack",
+    "ticket_mesh",
+    "train_chunk",
+    "unstack",
+]
+
+TICKET_AXIS = "tickets"
+
+
+class History(NamedTuple):
+    """Evaluation record of a fit; arrays are ``(evals,)`` or, for tickets, ``(tickets, evals)``.
+
+    ``early_stop_*`` follow the Lottery-Ticket papers: the iteration of minimum validation loss
+    and the test accuracy there.
+    """
+
+    iteration: np.ndarray
+    train_loss: np.ndarray
+    val_loss: np.ndarray
+    val_acc: np.ndarray
+    test_loss: np.ndarray
+    test_acc: np.ndarray
+    early_stop_iteration: np.ndarray
+    early_stop_test_acc: np.ndarray
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stack same-structure pytrees on a new leading ticket axis."""
+    if not trees:
+        raise ValueError("stack needs at least one tree, got an empty sequence.")
+    for i, t in enumerate(trees[1:], start=1):
+        _checks.check_like(t, trees[0], name=f"trees[{i}]", ref_name="trees[0]")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: PyTree) -> list[PyTree]:
+    """Split a stacked pytree into one pytree per ticket."""
+    n = jax.tree.leaves(tree)[0].shape[0]
+    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
+
+
+def ticket_mesh(devices: Sequence[Any] | None = None) -> Mesh:
+    """A 1-D mesh named ``"tickets"`` over ``devices`` (default: all devices)."""
+    devs = list(jax.devices() if devices is None else devices)
+    return Mesh(np.array(devs), (TICKET_AXIS,))
+
+
+def shard_tickets(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Place a stacked pytree with its ticket axis split over ``mesh`` (one group per device)."""
+    n_dev = mesh.devices.size
+    sharding = NamedSharding(mesh, P(TICKET_AXIS))
+    for path, leaf in _checks.leaves_with_paths(tree):
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % n_dev:
+            raise ValueError(
+                f"cannot shard{path} of shape {list(np.shape(leaf))} over {n_dev} devices: the "
+                f"ticket axis must be a multiple of {n_dev}."
+            )
+    return jax.device_put(tree, sharding)
+
+
+def _chunk_impl(
+    steps: Steps,
+    state: TrainState,
+    mask: Mask,
+    frozen: PyTree | None,
+    x: Array,
+    y: Array,
+    data_key: Key,
+    start: Array,
+    length: int,
+    batch_size: int,
+) -> tuple[TrainState, Array]:
+    n_train = x.shape[0]
+    per_epoch = n_train // batch_size
+    # The permutations of every epoch this chunk touches, drawn once per chunk, not once per step.
+    n_epochs = math.ceil(length / per_epoch) + 1
+    first = start // per_epoch
+    perms = jax.vmap(
+        lambda e: jax.random.permutation(jax.random.fold_in(data_key, first + e), n_train)
+    )(jnp.arange(n_epochs))
+
+    def body(st: TrainState, t: Array) -> tuple[TrainState, Array]:
+        perm = perms[t // per_epoch - first]
+        idx = jax.lax.dynamic_slice(perm, ((t % per_epoch) * batch_size,), (batch_size,))
+        st, metrics = steps.train_step(st, mask, (x[idx], y[idx]), frozen)
+        return st, metrics["loss"]
+
+    return jax.lax.scan(body, state, start + jnp.arange(length))
+
+
+def _eval_impl(
+    steps: Steps,
+    params: PyTree,
+    mask: Mask,
+    frozen: PyTree | None,
+    x: Array,
+    y: Array,
+    eval_batch: int,
+) -> tuple[Array, Array]:
+    n = x.shape[0]
+    n_batches = math.ceil(n / eval_batch)
+    pad = n_batches * eval_batch - n
+    xs = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    ys = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+    valid = jnp.arange(n_batches * eval_batch) < n
+
+    def one(args: tuple[Array, Array, Array]) -> tuple[Array, Array]:
+        xb, yb, vb = args
+        out = steps.eval_step(params, mask, (xb, yb), frozen, vb)
+        return out["loss"], out["correct"]
+
+    split = (
+        xs.reshape(n_batches, eval_batch, *x.shape[1:]),
+        ys.reshape(n_batches, eval_batch),
+        valid.reshape(n_batches, eval_batch),
+    )
+    loss, correct = jax.lax.map(one, split)
+    return jnp.sum(loss) / n, jnp.sum(correct) / n
+
+
+def _vectorise(fn: Any, in_axes: tuple[Any, ...], ticket_batch_size: int | None) -> Any:
+    """``vmap`` over the ticket axis, or ``lax.map`` over chunks of ``ticket_batch_size`` tickets."""
+    if ticket_batch_size is None:
+        return jax.vmap(fn, in_axes=in_axes)
+    mapped_at = [i for i, ax in enumerate(in_axes) if ax == 0]
+
+    def mapped(*args: Any) -> Any:
+        def one(sub: tuple[Any, ...]) -> Any:
+            full = list(args)
+            for i, a in zip(mapped_at, sub, strict=True):
+                full[i] = a
+            return fn(*full)
+
+        return jax.lax.map(one, tuple(args[i] for i in mapped_at), batch_size=ticket_batch_size)
+
+    return mapped
+
+
+@functools.partial(
+    jax.jit, static_argnames=("steps", "length", "batch_size", "tickets", "ticket_batch_size")
+)
+def train_chunk(
+    steps: Steps,
+    state: TrainState,
+    mask: Mask,
+    frozen: PyTree | None,
+    x: Array,
+    y: Array,
+    data_key: Key,
+    start: Array,
+    *,
+    length: int,
+    batch_size: int,
+    tickets: bool = False,
+    ticket_batch_size: int | None = None,
+) -> tuple[TrainState, Array]:
+    """Train ``length`` steps from step ``start`` (one compiled ``lax.scan``); returns the losses.
+
+    With ``tickets=True``, ``state``, ``mask`` and ``frozen`` carry a leading ticket axis, and so
+    does ``data_key`` when it holds one key per ticket (per-ticket data order).
+    """
+    if not tickets:
+        return _chunk_impl(steps, state, mask, frozen, x, y, data_key, start, length, batch_size)
+    key_axis = 0 if jnp.ndim(data_key) == 1 else None
+    one = functools.partial(_chunk_impl, steps, length=length, batch_size=batch_size)
+    many = _vectorise(one, (0, 0, 0, None, None, key_axis, None), ticket_batch_size)
+    return many(state, mask, frozen, x, y, data_key, start)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "eval_batch", "tickets", "ticket_batch_size"))
+def evaluate(
+    steps: Steps,
+    params: PyTree,
+    mask: Mask,
+    frozen: PyTree | None,
+    x: Array,
+    y: Array,
+    *,
+    eval_batch: int = 1000,
+    tickets: bool = False,
+    ticket_batch_size: int | None = None,
+) -> tuple[Array, Array]:
+    """Mean cross-entropy and accuracy of the masked network on ``(x, y)``, in batches.
+
+    Returns ``(loss, accuracy)`` scalars, or ``(tickets,)`` arrays with ``tickets=True``.
+    """
+    if not tickets:
+        return _eval_impl(steps, params, mask, frozen, x, y, eval_batch)
+    fn = _vectorise(
+        lambda p, m, f, xx, yy: _eval_impl(steps, p, m, f, xx, yy, eval_batch),
+        (0, 0, 0, None, None),
+        ticket_batch_size,
+    )
+    return fn(params, mask, frozen, x, y)
+
+
+def fit(
+    steps: Steps,
+    state: TrainState,
+    mask: Mask,
+    train: tuple[Any, Any],
+    val: tuple[Any, Any],
+    test: tuple[Any, Any],
+    *,
+    iterations: int,
+    batch_size: int,
+    eval_every: int,
+    data_key: Key,
+    frozen: PyTree | None = None,
+    tickets: bool = False,
+    ticket_batch_size: int | None = None,
+    mesh: Mesh | None = None,
+    eval_batch: int = 1000,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[TrainState, History]:
+    """Train for ``iterations`` steps, evaluating on ``val`` and ``test`` every ``eval_every``.
+
+    Args:
+      steps: from :func:`jaxprune.train.make_steps`.
+      state: a :class:`TrainState` (stacked over tickets when ``tickets=True``).
+      mask: the mask (stacked likewise).
+      train, val, test: ``(x, y)`` arrays; put on the device once and shared by all tickets.
+      iterations: total training steps; ``eval_every``: steps between evaluations.
+      batch_size: examples per step; the data order is a pure function of ``data_key``.
+      data_key: one key (same data order for every ticket) or one per ticket.
+      frozen: pruned-weight values for ``"forward"`` mode (``None``: zeros).
+      tickets: whether the arguments carry a leading ticket axis.
+      ticket_batch_size: run tickets in ``lax.map`` chunks of this many instead of one ``vmap``.
+      mesh: shard the ticket axis over this mesh (see :func:`ticket_mesh`); data replicated.
+      progress: show a progress bar.
+
+    Returns:
+      The final state and the :class:`History` of evaluations (host numpy arrays).
+    """
+    if iterations <= 0 or eval_every <= 0 or batch_size <= 0:
+        raise ValueError(
+            "iterations, eval_every and batch_size must be positive, got "
+            f"{iterations}, {eval_every}, {batch_size}."
+        )
+    n_train = int(np.shape(train[0])[0])
+    if batch_size > n_train:
+        raise ValueError(f"batch_size must be at most the {n_train} training examples, got {batch_size}.")
+    _checks.check_mask(mask, state.params)
+    if frozen is not None:
+        _checks.check_like(frozen, state.params, name="frozen")
+    put = (lambda a: jnp.asarray(a)) if mesh is None else (
+        lambda a: jax.device_put(jnp.asarray(a), NamedSharding(mesh, P()))
+    )
+    (xt, yt), (xv, yv), (xs, ys) = (tuple(put(a) for a in pair) for pair in (train, val, test))
+    if mesh is not None:
+        state, mask, frozen = shard_tickets((state, mask, frozen), mesh)
+        if jnp.ndim(data_key) == 1:
+            data_key = shard_tickets(data_key, mesh)
+    common = {"tickets": tickets, "ticket_batch_size": ticket_batch_size}
+    records: list[tuple[int, Array, Array, Array, Array, Array]] = []
+    done = 0
+    with tqdm(total=iterations, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+        while done < iterations:
+            length = min(eval_every, iterations - done)
+            state, losses = train_chunk(
+                steps, state, mask, frozen, xt, yt, data_key, jnp.int32(done),
+                length=length, batch_size=batch_size, **common,
+            )
+            done += length
+            v = evaluate(steps, state.params, mask, frozen, xv, yv, eval_batch=eval_batch, **common)
+            t = evaluate(steps, state.params, mask, frozen, xs, ys, eval_batch=eval_batch, **common)
+            records.append((done, jnp.mean(losses, axis=-1), *v, *t))
+            jax.block_until_ready(losses)
+            bar.update(length)
+    return state, _history(records)
+
+
+def _history(records: list[tuple[int, Array, Array, Array, Array, Array]]) -> History:
+    host = jax.device_get(records)
+    it = np.array([r[0] for r in host])
+    cols = [np.stack([np.asarray(r[i]) for r in host], axis=-1) for i in range(1, 6)]
+    train_loss, val_loss, val_acc, test_loss, test_acc = cols
+    best = np.argmin(val_loss, axis=-1)
+    return History(
+        iteration=it,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        test_loss=test_loss,
+        test_acc=test_acc,
+        early_stop_iteration=it[best],
+        early_stop_test_acc=np.take_along_axis(test_acc, best[..., None], axis=-1)[..., 0],
+    )
