@@ -38,7 +38,7 @@ def _describe(x: Any) -> str:
 
 def check_same_structure(tree: PyTree, ref: PyTree, *, name: str, ref_name: str = "params") -> None:
     """Raise if ``tree`` and ``ref`` do not have the same pytree structure; name the first differing path."""
-    if jax.tree.structure(tree) == jax.tree.structure(ref):
+    if jax.tree.structure(tree) == jax.tree.structure(ref):  # type: ignore[operator]
         return
     got = [p for p, _ in leaves_with_paths(tree)]
     want = [p for p, _ in leaves_with_paths(ref)]

@@ -100,7 +100,7 @@ def _as_rule(prunable: Prunable) -> PrunableRule | None:
     ):
         return rule(include=list(prunable))
     if callable(prunable) and not isinstance(prunable, (dict, list, tuple)):
-        return prunable  # type: ignore[return-value]
+        return prunable
     return None
 
 
@@ -200,9 +200,7 @@ def sparsity(mask: PyTree) -> Array:
 
 def layer_density(mask: PyTree) -> dict[str, Array]:
     """``{path: density of that leaf}`` for every leaf of ``mask`` (per-layer density)."""
-    return {
-        path: jnp.mean(m.astype(jnp.float32)) for path, m in _checks.leaves_with_paths(mask)
-    }
+    return {path: jnp.mean(m.astype(jnp.float32)) for path, m in _checks.leaves_with_paths(mask)}
 
 
 def summary(mask: Mask, prunable: Prunable = None) -> dict[str, Any]:
@@ -241,7 +239,9 @@ def pack(mask: Mask) -> PyTree:
     """
     for path, leaf in _checks.leaves_with_paths(mask):
         if np.dtype(getattr(leaf, "dtype", np.float32)) != np.bool_:
-            raise ValueError(f"mask{path} must be bool to pack, got {getattr(leaf, 'dtype', leaf)}.")
+            raise ValueError(
+                f"mask{path} must be bool to pack, got {getattr(leaf, 'dtype', leaf)}."
+            )
     return jax.tree.map(lambda m: jnp.packbits(jnp.ravel(m)), mask)
 
 
@@ -296,4 +296,3 @@ def hamming(a: Mask, b: Mask) -> Array:
     r"""Normalised Hamming distance :math:`|a \oplus b| / n` (the Early-Bird mask distance)."""
     _, _, differ, n = _pair_counts(a, b)
     return differ.astype(jnp.float32) / max(n, 1)
-

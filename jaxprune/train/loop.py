@@ -158,7 +158,7 @@ def _eval_impl(
 
 
 def _vectorise(fn: Any, in_axes: tuple[Any, ...], ticket_batch_size: int | None) -> Any:
-    """``vmap`` over the ticket axis, or ``lax.map`` over chunks of ``ticket_batch_size`` tickets."""
+    """``vmap`` over the ticket axis, or ``lax.map`` over chunks of ``ticket_batch_size``."""
     if ticket_batch_size is None:
         return jax.vmap(fn, in_axes=in_axes)
     mapped_at = [i for i, ax in enumerate(in_axes) if ax == 0]
@@ -279,12 +279,16 @@ def fit(
         )
     n_train = int(np.shape(train[0])[0])
     if batch_size > n_train:
-        raise ValueError(f"batch_size must be at most the {n_train} training examples, got {batch_size}.")
+        raise ValueError(
+            f"batch_size must be at most the {n_train} training examples, got {batch_size}."
+        )
     _checks.check_mask(mask, state.params)
     if frozen is not None:
         _checks.check_like(frozen, state.params, name="frozen")
-    put = (lambda a: jnp.asarray(a)) if mesh is None else (
-        lambda a: jax.device_put(jnp.asarray(a), NamedSharding(mesh, P()))
+    put = (
+        (lambda a: jnp.asarray(a))
+        if mesh is None
+        else (lambda a: jax.device_put(jnp.asarray(a), NamedSharding(mesh, P())))
     )
     (xt, yt), (xv, yv), (xs, ys) = (tuple(put(a) for a in pair) for pair in (train, val, test))
     if mesh is not None:
@@ -298,8 +302,17 @@ def fit(
         while done < iterations:
             length = min(eval_every, iterations - done)
             state, losses = train_chunk(
-                steps, state, mask, frozen, xt, yt, data_key, jnp.int32(done),
-                length=length, batch_size=batch_size, **common,
+                steps,
+                state,
+                mask,
+                frozen,
+                xt,
+                yt,
+                data_key,
+                jnp.int32(done),
+                length=length,
+                batch_size=batch_size,
+                **common,
             )
             done += length
             v = evaluate(steps, state.params, mask, frozen, xv, yv, eval_batch=eval_batch, **common)

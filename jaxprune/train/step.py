@@ -76,7 +76,10 @@ class Steps(NamedTuple):
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
-    r"""Mean softmax cross-entropy with integer labels: :math:`-\frac1B\sum_b \log \mathrm{softmax}(z_b)_{y_b}`."""
+    r"""Mean softmax cross-entropy with integer labels.
+
+    .. math:: -\frac{1}{B}\sum_b \log \mathrm{softmax}(z_b)_{y_b}
+    """
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
