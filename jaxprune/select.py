@@ -112,9 +112,7 @@ def keep_top_k(
     return (rank < k) & elig
 
 
-def rates_by_pattern(
-    params: Params, patterns: Mapping[str, float], default: float = 0.0
-) -> PyTree:
+def rates_by_pattern(params: Params, patterns: Mapping[str, float], default: float = 0.0) -> PyTree:
     """Per-leaf rates from regexes over leaf paths; the first matching pattern wins.
 
     Returns a pytree with ``params``' structure of float32 scalars — an array argument, so it can
@@ -141,11 +139,15 @@ def rates_by_pattern(
     return jax.tree_util.tree_map_with_path(pick, params)
 
 
+def _is_scalar_rate(rate: Any) -> bool:
+    return not isinstance(rate, dict | list | tuple) and len(jax.tree.leaves(rate)) == 1
+
+
 def _check_inputs(scores: Scores, mask: Mask, rate: Any, *, per_leaf_rate_ok: bool) -> None:
     _checks.check_like(scores, mask, name="scores", ref_name="mask")
     _checks.check_mask(mask, mask)
     _checks.check_no_nan(scores, name="scores")
-    if jax.tree.structure(rate).num_leaves == 1 and not isinstance(rate, dict | list | tuple):
+    if _is_scalar_rate(rate):
         if np.ndim(rate) != 0:
             raise ValueError(
                 f"rate must be a scalar per call (vmap over tickets for many), got shape "
@@ -192,7 +194,7 @@ def layerwise(
     flags = jax.tree.leaves(masks.is_prunable(mask, prunable))
     m_leaves, treedef = jax.tree.flatten(mask)
     s_leaves = jax.tree.leaves(scores)
-    if jax.tree.structure(rate).num_leaves == 1 and not isinstance(rate, dict | list | tuple):
+    if _is_scalar_rate(rate):
         r_leaves = [rate] * len(m_leaves)
     else:
         r_leaves = jax.tree.leaves(rate)
@@ -346,9 +348,7 @@ def groups(
         return jnp.any(jnp.moveaxis(m, axis, -1).reshape(-1, m.shape[axis]), axis=0)
 
     g_mask = jax.tree.map(group_alive, mask)
-    g_kept = prune(
-        g_scores, g_mask, rate, scope=scope, prunable=flags, min_keep=min_keep, key=key
-    )
+    g_kept = prune(g_scores, g_mask, rate, scope=scope, prunable=flags, min_keep=min_keep, key=key)
 
     def expand(m: Array, g: Array) -> Array:
         m = jnp.asarray(m)
