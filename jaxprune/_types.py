@@ -20,7 +20,7 @@ Scores: TypeAlias = PyTree
 
 PrunableRule: TypeAlias = Callable[[str, Any], bool]
 """``rule(path, leaf) -> bool``: whether a leaf may be pruned; ``path`` is ``jax.tree_util.keystr``."""
-Prunable: TypeAlias = None | str | Sequence[str] | PrunableRule | PyTree
+Prunable: TypeAlias = str | Sequence[str] | PrunableRule | PyTree | None
 """Which leaves may be pruned: ``None`` (default rule: leaves with ``ndim >= 2``), a regex or list of
 regexes searched in the leaf's path, a callable rule, or a pytree of Python bools."""
 

@@ -103,11 +103,12 @@ def keep_top_k(
     s = jnp.asarray(scores)
     elig = jnp.asarray(eligible, bool)
     n = s.shape[0]
-    s = jnp.where(jnp.isnan(s), -jnp.inf, s)
+    nan = jnp.isnan(s)  # its own key: NaN must rank below -inf too (criteria use -inf = lowest)
+    s = jnp.where(nan, -jnp.inf, s)
     tiebreak = jnp.arange(n) if key is None else jax.random.permutation(key, n)
     res = jnp.zeros(n, bool) if reserved is None else jnp.asarray(reserved, bool) & elig
-    # lexsort sorts by the last key first: eligible, then reserved, then score (desc), then tiebreak.
-    order = jnp.lexsort((tiebreak, -s, ~res, ~elig))
+    # lexsort sorts by the last key first: eligible, reserved, not NaN, score (desc), tiebreak.
+    order = jnp.lexsort((tiebreak, -s, nan, ~res, ~elig))
     rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     return (rank < k) & elig
 
@@ -403,9 +404,10 @@ def n_of_m(
             )
         blocks_m = jnp.moveaxis(mk, axis, -1).reshape(-1, m)
         blocks_s = jnp.moveaxis(jnp.asarray(s), axis, -1).reshape(-1, m)
-        blocks_s = jnp.where(jnp.isnan(blocks_s), -jnp.inf, blocks_s)
+        nan = jnp.isnan(blocks_s)
+        blocks_s = jnp.where(nan, -jnp.inf, blocks_s)
         idx = jnp.broadcast_to(jnp.arange(m), blocks_s.shape)
-        order = jnp.lexsort((idx, -blocks_s, ~blocks_m), axis=-1)
+        order = jnp.lexsort((idx, -blocks_s, nan, ~blocks_m), axis=-1)
         rank = jnp.argsort(order, axis=-1)
         kept = (rank < n) & blocks_m
         moved_shape = jnp.moveaxis(mk, axis, -1).shape

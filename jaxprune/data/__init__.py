@@ -1,0 +1,43 @@
+"""Classification datasets as host numpy arrays, with seeded stratified validation splits.
+
+``load(name, seed=..., val_size=..., data_dir=...)`` returns a :class:`Dataset` whose ``train``,
+``val`` and ``test`` are ``(x, y)`` pairs: ``x`` float32 NHWC with pixels in [0, 1], ``y`` int32.
+
+* ``"digits"`` — the default and fully offline: scikit-learn's 1,797 8×8 digits, split
+  1,197 / 200 / 400 (train / validation / test), all splits stratified by class.
+* ``"synthetic"`` — a tiny, seeded, linearly separable problem for fast tests.
+* ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"`` — read with
+  ``tfds.data_source`` (no TensorFlow) from a tensorflow-datasets folder prepared beforehand;
+  5,000 training images become the validation split. jaxprune never downloads: a missing dataset
+  raises :class:`DatasetNotAvailableError` with the commands that prepare it.
+
+Example:
+  >>> from jaxprune import data
+  >>> ds = data.load("synthetic", seed=1)
+  >>> ds.name, ds.num_classes, ds.input_shape, len(ds.train.y), len(ds.val.y), len(ds.test.y)
+  ('synthetic', 4, (8, 8, 1), 384, 128, 256)
+"""
+
+from jaxprune.data._dataset import Dataset as Dataset
+from jaxprune.data._dataset import Split as Split
+from jaxprune.data._dataset import stratified_take as stratified_take
+from jaxprune.data._local import digits as digits
+from jaxprune.data._local import synthetic as synthetic
+from jaxprune.data._registry import REGISTRY as REGISTRY
+from jaxprune.data._registry import load as load
+from jaxprune.data._registry import names as names
+from jaxprune.data._tfds import TFDS_SETS as TFDS_SETS
+from jaxprune.data._tfds import DatasetNotAvailableError as DatasetNotAvailableError
+
+__all__ = [
+    "REGISTRY",
+    "TFDS_SETS",
+    "Dataset",
+    "DatasetNotAvailableError",
+    "Split",
+    "digits",
+    "load",
+    "names",
+    "stratified_take",
+    "synthetic",
+]
