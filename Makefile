@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench clean
+.PHONY: run test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,17 +17,11 @@ run: $(STAMP)
 	$(PY) -m experiments.quickstart
 
 lint: $(STAMP)
-	$(PY) -m ruff check jaxprune experiments tests benchmarks
+	$(PY) -m ruff check jaxprune experiments tests
 	$(PY) -m mypy
 
 test: lint
 	$(PY) -m pytest
-
-test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
-
-bench: $(STAMP)
-	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
