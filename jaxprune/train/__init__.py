@@ -1,5 +1,6 @@
 """The training engine: pure masked steps, scanned epochs, many tickets at once, across devices."""
 
+from jaxprune.train import checkpoint as checkpoint
 from jaxprune.train.loop import History as History
 from jaxprune.train.loop import evaluate as evaluate
 from jaxprune.train.loop import fit as fit
@@ -20,6 +21,7 @@ __all__ = [
     "History",
     "Steps",
     "TrainState",
+    "checkpoint",
     "cross_entropy",
     "effective_params",
     "evaluate",
