@@ -134,3 +134,21 @@ def require(value: Any, *, name: str, why: str) -> None:
     """Raise if a needed optional argument is ``None``."""
     if value is None:
         raise ValueError(f"{name} is required {why}, got None.")
+
+
+def check_key(key: Any) -> None:
+    """Raise unless ``key`` is ``None`` or one typed PRNG key (``jax.random.key``), shape ``[]``."""
+    if key is None:
+        return
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        raise ValueError(
+            f"key must be a typed PRNG key from jax.random.key(seed), got "
+            f"{getattr(dtype, 'name', type(key).__name__)}{list(np.shape(key))}; wrap raw uint32 "
+            "key data with jax.random.wrap_key_data(key)."
+        )
+    if np.shape(key) != ():
+        raise ValueError(
+            f"key must be a single key (shape []), got shape {list(np.shape(key))}; for many "
+            "tickets, jax.vmap over the stacked keys."
+        )

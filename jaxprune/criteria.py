@@ -81,7 +81,6 @@ from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxprune import _checks
 from jaxprune._types import Array, ArrayLike, Key, Mask, Params, PyTree, Scores
@@ -248,21 +247,6 @@ def needs(name: str) -> frozenset[str]:
     return _NEEDS[name]
 
 
-def _check_key(key: Any) -> None:
-    dtype = getattr(key, "dtype", None)
-    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        raise ValueError(
-            f"key must be a typed PRNG key from jax.random.key(seed), got "
-            f"{dtype}{list(np.shape(key))}; wrap a legacy uint32 key with "
-            "jax.random.wrap_key_data(key)."
-        )
-    if np.shape(key) != ():
-        raise ValueError(
-            f"key must be a single key (shape []), got shape {list(np.shape(key))}; for many "
-            "tickets, jax.vmap over the key axis."
-        )
-
-
 def _check_inputs(
     name: str,
     w_init: Params,
@@ -285,7 +269,7 @@ def _check_inputs(
         _checks.check_like(mask, w_init, name="mask", ref_name="w_init")
         _checks.check_mask(mask, w_init)
     if key is not None:
-        _check_key(key)
+        _checks.check_key(key)
 
 
 def score(

@@ -58,7 +58,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxprune import _checks, masks, select
 from jaxprune._types import Array, Key, Mask, Params, Prunable
@@ -234,23 +233,6 @@ def needs(kept: str, pruned: str) -> frozenset[str]:
     return KEPT[kept].needs | PRUNED[pruned].needs
 
 
-def _check_key(key: Key | None) -> None:
-    if key is None:
-        return
-    dtype = getattr(key, "dtype", None)
-    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        raise ValueError(
-            f"key must be a new-style PRNG key from jax.random.key(seed), got "
-            f"{getattr(dtype, 'name', type(key).__name__)}{list(np.shape(key))}; wrap raw uint32 "
-            "key data with jax.random.wrap_key_data."
-        )
-    if np.shape(key) != ():
-        raise ValueError(
-            f"key must be a single key (shape []), got shape {list(np.shape(key))}; for many "
-            "tickets, jax.vmap over the stacked keys."
-        )
-
-
 def _check_inputs(w_init: Params, mask: Mask, w_final: Params | None, key: Key | None) -> None:
     for path, leaf in _checks.leaves_with_paths(w_init):
         dtype = getattr(leaf, "dtype", None)
@@ -262,7 +244,7 @@ def _check_inputs(w_init: Params, mask: Mask, w_final: Params | None, key: Key |
     _checks.check_mask(mask, w_init)
     if w_final is not None:
         _checks.check_like(w_final, w_init, name="w_final", ref_name="w_init")
-    _check_key(key)
+    _checks.check_key(key)
 
 
 def _require(need: frozenset[str], key: Key | None, w_final: Params | None, *, by: str) -> None:

@@ -545,7 +545,7 @@ def test_bad_trees_and_keys_name_the_path() -> None:
     ints = jax.tree.map(lambda x: x.astype(np.int32), w)
     with pytest.raises(ValueError, match=r"w_init\['fc1'\]\['bias'\] must be a float array"):
         reset.reset_kept("rewind", ints, m)
-    with pytest.raises(ValueError, match=r"key must be a new-style PRNG key.*uint32\[2\]"):
+    with pytest.raises(ValueError, match=r"key must be a typed PRNG key.*uint32\[2\]"):
         reset.reset_kept("reinit", w, m, key=jnp.zeros(2, jnp.uint32))
     with pytest.raises(
         ValueError, match=r"key must be a single key \(shape \[\]\), got shape \[3\]"
