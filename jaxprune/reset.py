@@ -5,7 +5,9 @@ each a static name, applied per prunable leaf :math:`\ell` (a layer's kernel). N
 is a weight at initialisation (or at the rewind point), :math:`w_f` the same weight after training,
 :math:`M` the mask (True = kept), :math:`\pi` a random permutation drawn from the key,
 :math:`\alpha_\ell = \mathrm{std}(w_{i,\ell})` the population standard deviation of the whole
-leaf, :math:`n_\ell` its size and :math:`k_\ell = |M_\ell|_1` its kept count.
+leaf (for a degenerate leaf whose std is at float-rounding level, :math:`\le 10^{-6}\max|w_i|`, e.g.
+one repeated value, :math:`\alpha_\ell = \mathrm{mean}|w_{i,\ell}|` instead, so that constant resets
+keep a non-zero magnitude and the signed ones keep every sign), :math:`n_\ell` its size and :math:`k_\ell = |M_\ell|_1` its kept count.
 
 **Kept weights** (:data:`KEPT`, used by :func:`reset_kept`) — value at a kept position:
 
@@ -124,13 +126,19 @@ def _signed_reshuffle(w: Array, m: Array, key: Key) -> Array:
     return jnp.abs(_reshuffle(w, m, key)) * jnp.sign(w)
 
 
+def _alpha(w: Array) -> Array:
+    std = jnp.std(w)
+    # A one-valued leaf has std 0 (or float noise): its magnitude is then the value itself.
+    return jnp.where(std > 1e-6 * jnp.max(jnp.abs(w)), std, jnp.mean(jnp.abs(w)))
+
+
 def _constant(w: Array, m: Array, key: Key) -> Array:
-    return jnp.std(w) * jnp.sign(_reinit(w, m, key))
+    return _alpha(w) * jnp.sign(_reinit(w, m, key))
 
 
 def _signed_constant(w: Array, m: Array, key: Key | None) -> Array:
     del m, key
-    return jnp.std(w) * jnp.sign(w)
+    return _alpha(w) * jnp.sign(w)
 
 
 def _rescaled(fn: Callable[..., Array]) -> Callable[..., Array]:
