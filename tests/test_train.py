@@ -312,49 +312,18 @@ def test_history_early_stop_is_the_minimum_validation_loss():
 def test_bad_inputs_are_rejected_with_the_argument_named():
     steps, states, mask_list = _ticket_setup(1)
     x, y = toy_data()
+
+    def fit(mask, **settings):
+        settings = {"iterations": 5, "batch_size": 8, "eval_every": 5, **settings}
+        train.fit(steps, states[0], mask, (x, y), (x, y), (x, y),
+                  data_key=jax.random.key(0), progress=False, **settings)  # fmt: skip
+
     with pytest.raises(ValueError, match="batch_size"):
-        train.fit(
-            steps,
-            states[0],
-            mask_list[0],
-            (x, y),
-            (x, y),
-            (x, y),
-            iterations=5,
-            batch_size=1000,
-            eval_every=5,
-            data_key=jax.random.key(0),
-            progress=False,
-        )
+        fit(mask_list[0], batch_size=1000)
     with pytest.raises(ValueError, match="iterations"):
-        train.fit(
-            steps,
-            states[0],
-            mask_list[0],
-            (x, y),
-            (x, y),
-            (x, y),
-            iterations=0,
-            batch_size=8,
-            eval_every=5,
-            data_key=jax.random.key(0),
-            progress=False,
-        )
-    bad = {"fc": mask_list[0]["fc"]}
+        fit(mask_list[0], iterations=0)
     with pytest.raises(ValueError, match="mask"):
-        train.fit(
-            steps,
-            states[0],
-            bad,
-            (x, y),
-            (x, y),
-            (x, y),
-            iterations=5,
-            batch_size=8,
-            eval_every=5,
-            data_key=jax.random.key(0),
-            progress=False,
-        )
+        fit({"fc": mask_list[0]["fc"]})
     with pytest.raises(ValueError, match="mode"):
         train.make_steps(apply_mlp, optax.sgd(0.1), mode="sparse")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="multiple of 8"):
