@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,14 +14,24 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m experiments.quickstart
+	$(PY) -m experiments.deconstructing
 
 lint: $(STAMP)
-	$(PY) -m ruff check jaxprune experiments tests
+	$(PY) -m ruff check jaxprune experiments benchmarks tests
 	$(PY) -m mypy
 
 test: lint
 	$(PY) -m pytest
+
+# Checks marked `slow` (left out of `make test` to keep it near 10 minutes on 2 cores).
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+# The engine benchmark (docs/benchmarks.md); the PyTorch peer is installed when missing and skipped
+# (reported as null) when it cannot be.
+bench: $(STAMP)
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 || true
+	$(PY) -m benchmarks.engine
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,85 @@
+"""The engine benchmark runs end to end on tiny settings and reports every figure.
+
+Only the shape of the report is checked — which keys, plain JSON, positive numbers — never a
+time: the benchmark measures, the tests do not judge the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from benchmarks import engine
+
+SECTIONS = {
+    "machine",
+    "config",
+    "masked_vs_dense",
+    "tickets",
+    "scan_vs_loop",
+    "torch",
+    "flops",
+    "time_to_accuracy",
+    "targets",
+    "wall_s",
+}
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    return engine.run(engine.TINY)
+
+
+def _numbers(tree: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(tree, int | float) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def test_report_has_every_section_and_is_plain_json(report: dict[str, Any]) -> None:
+    assert SECTIONS <= set(report)
+    assert json.loads(json.dumps(report)) == report
+    for key in ("platform", "cpu_count", "jax", "backend", "device_count"):
+        assert report["machine"][key]
+    if report["torch"] is None:
+        assert report["torch_reason"]
+
+
+def test_rates_and_ratios_are_positive(report: dict[str, Any]) -> None:
+    checked = 0
+    for section in ("masked_vs_dense", "tickets", "scan_vs_loop", "flops", "torch"):
+        for path, value in _numbers(report[section] or {}, section):
+            assert math.isfinite(value) and value > 0, path
+            checked += 1
+    assert checked > 20
+
+
+def test_every_ticket_count_has_sequential_and_vmap(report: dict[str, Any]) -> None:
+    for n in engine.TINY.ticket_counts:
+        fig = report["tickets"][str(n)]
+        assert {"sequential", "vmap"} <= set(fig["ticket_steps_per_s"])
+        assert fig["best"] in fig["speedup_vs_sequential"]
+
+
+def test_targets_name_value_and_verdict(report: dict[str, Any]) -> None:
+    for name, t in report["targets"].items():
+        assert set(t) == {"value", "target", "met"}, name
+        assert (t["met"] is None) == (t["value"] is None), name
+
+
+def test_time_to_accuracy_reports_accuracy(report: dict[str, Any]) -> None:
+    tta = report["time_to_accuracy"]
+    assert 0 < tta["final_test_acc"] <= 1
+    assert tta["fit_seconds"] > 0
+
+
+def test_lenet_flops_by_hand() -> None:
+    s = engine.setup()
+    forward = 2 * engine.BATCH * (64 * 300 + 300 * 100 + 100 * 10)
+    assert engine.lenet_train_flops(s.params) == 3 * forward
