@@ -39,7 +39,7 @@ from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["grid_plot", "line_plot", "select_rows", "series_points"]
+__all__ = ["grid_plot", "line_plot", "marked_points", "select_rows", "series_points"]
 
 _DPI = 120
 _MAX_TICKS = 12
@@ -156,6 +156,47 @@ def series_points(
     return _points(select_rows(rows, where), x=x, y=y, names=names)
 
 
+def marked_points(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    x: str,
+    y: str,
+    series: str | Sequence[str],
+    mark: str,
+    where: Mapping[str, Any] | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The points of :func:`series_points` where the boolean column ``mark`` is true in any row.
+
+    Returns:
+      ``{label: (xs, mean ys)}`` for the series that have at least one marked point.
+
+    Example:
+      >>> from jaxprune import plots
+      >>> rows = [{"m": "a", "d": 0.1, "acc": 0.2, "bad": True},
+      ...         {"m": "a", "d": 0.1, "acc": 0.4, "bad": False},
+      ...         {"m": "a", "d": 1.0, "acc": 0.9, "bad": False}]
+      >>> plots.marked_points(rows, x="d", y="acc", series="m", mark="bad")
+      {'a': (array([0.1]), array([0.3]))}
+    """
+    names = _check_columns(rows, x=x, y=y, series=series)
+    _require(rows, mark, "mark")
+    selected = select_rows(rows, where)
+    points = _points(selected, x=x, y=y, names=names)
+    flagged: dict[str, set[float]] = {}
+    for row in selected:
+        if row.get(mark) and not _is_missing(row.get(x)):
+            flagged.setdefault(_label(row, names), set()).add(_number(row[x], x))
+    out = {}
+    for label, xs_marked in flagged.items():
+        if label not in points:
+            continue
+        xs, means, _ = points[label]
+        keep = np.isin(xs, sorted(xs_marked))
+        if keep.any():
+            out[label] = (xs[keep], means[keep])
+    return out
+
+
 def _check_columns(
     rows: Sequence[Mapping[str, Any]], *, x: str, y: str, series: str | Sequence[str]
 ) -> list[str]:
@@ -255,6 +296,7 @@ def line_plot(
     log_x: bool = False,
     invert_x: bool = False,
     legend_title: str | None = None,
+    mark: str | None = None,
 ) -> Path:
     """Plot mean ``y`` against ``x``, one line per series with a ±std band, and save it.
 
@@ -272,13 +314,15 @@ def line_plot(
       log_x: log-scaled x axis (x must be > 0).
       invert_x: x decreasing to the right.
       legend_title: the legend's title (default: the series column names).
+      mark: a boolean column; a point where it is true in any row (any seed) gets a black ×
+        on top of its marker, e.g. ``mark="collapsed"`` for layer collapse.
 
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-      ValueError: ``x``, ``y`` or a series column is not a column of the rows, or a ``where``
-        filter matches no row (the message names it and lists the values present).
+      ValueError: ``x``, ``y``, ``mark`` or a series column is not a column of the rows, or a
+        ``where`` filter matches no row (the message names it and lists the values present).
     """
     points = series_points(rows, x=x, y=y, series=series, where=where)
     _require_points([points], x=x, y=y)
@@ -286,6 +330,12 @@ def line_plot(
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     _draw(ax, points, colors, styles)
+    if mark is not None:
+        _require(rows, mark, "mark")
+        marked = marked_points(rows, x=x, y=y, series=series, mark=mark, where=where)
+        for i, (xs, ys) in enumerate(marked.values()):
+            ax.plot(xs, ys, linestyle="none", marker="x", color="black", markersize=8,
+                    label=f"{mark}" if i == 0 else None)  # fmt: skip
     _format_axes(
         ax,
         log_x=log_x,

@@ -223,3 +223,20 @@ def test_log_x_needs_positive_x_and_grid_needs_its_panel_column(tmp_path):
         plots.grid_plot(rows, x="x", y="y", series="s", panel="reset", path=tmp_path / "g.png")
     with pytest.raises(ValueError, match=r"ncols must be an int >= 1, got 0"):
         plots.grid_plot(rows, x="x", y="y", series="s", panel="p", path=tmp_path / "g.png", ncols=0)
+
+
+def test_marked_points_flag_a_point_when_any_seed_is_marked(tmp_path, figures):
+    rows = [dict(r, bad=r["density"] < 0.1 and r["seed"] == 0) for r in sweep(3) if r["seed"] != 9]
+    want = numpy_points(rows, "density", "acc", ["crit"])
+    got = plots.marked_points(rows, x="density", y="acc", series="crit", mark="bad")
+    assert set(got) == set(want)
+    for label, (xs, ys) in got.items():
+        wx, wm, _ = want[label]
+        np.testing.assert_allclose(xs, [0.035])
+        np.testing.assert_allclose(ys, wm[wx == 0.035])
+    plots.line_plot(rows, x="density", y="acc", series="crit", mark="bad", path=tmp_path / "m.png")
+    (fig,) = figures
+    crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
+    assert sum(len(c.get_xdata()) for c in crosses) == len(want)
+    with pytest.raises(ValueError, match="nope"):
+        plots.line_plot(rows, x="density", y="acc", series="crit", mark="nope", path=tmp_path / "n.png")
