@@ -37,9 +37,10 @@ import dataclasses
 import functools
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,7 @@ from tqdm.auto import tqdm
 
 from jaxprune import criteria, data, masks, models, reset, results, select, train
 
+C = TypeVar("C")
 SIGN_PRESERVING = ("rewind", "signed_reinit", "signed_reshuffle", "signed_constant")
 
 
@@ -188,29 +190,55 @@ def validate(cfg: Config) -> None:
         fail("model", f"one of {models.names()}", cfg.model)
 
 
-def parser(description: str, presets: dict[str, Callable[[], Config]]) -> argparse.ArgumentParser:
-    """A CLI: ``--preset`` picks a config, every other option overrides one of its settings."""
+def _kind(name: str, hint: Any) -> Callable[[str], Any]:
+    """How the command line parses a config field, from its type hint."""
+    if name == "rates":
+        return _parse_rates
+    if hint in (tuple[str, ...],):
+        return _names
+    if hint in (tuple[float, ...],):
+        return _floats
+    if hint in (int, int | None):
+        return int
+    if hint in (float, float | None):
+        return float
+    if hint in (str, str | None):
+        return str
+    raise TypeError(f"config field {name!r} has a type the CLI cannot parse: {hint!r}")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}.") from None
+
+
+def parser(
+    description: str,
+    presets: Mapping[str, Callable[[], Any]],
+    *,
+    help: Mapping[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """A CLI: ``--preset`` picks a config, every other option overrides one of its fields.
+
+    The options are the fields of the presets' config dataclass (``--batch-size`` for
+    ``batch_size``), parsed by type: comma lists for tuples, numbers, strings.
+    """
     p = argparse.ArgumentParser(description=description, formatter_class=_Formatter)
     p.add_argument(
         "--preset", default="quick", choices=sorted(presets), help="settings to start from"
     )
     p.add_argument("--out", default="runs", help="folder under which the run folder is made")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    for field in dataclasses.fields(Config):
+    cls = type(next(iter(presets.values()))())
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
         if field.name == "preset":
             continue
         flag = "--" + field.name.replace("_", "-")
-        if field.name == "rates":
-            kind: Callable[[str], Any] = _parse_rates
-        elif field.name in ("criteria", "kept", "pruned", "controls"):
-            kind = _names
-        elif field.name in ("dataset", "model", "grid", "data_dir"):
-            kind = str
-        elif field.name in ("lr", "default_rate", "supermask_lr"):
-            kind = float
-        else:
-            kind = int
-        p.add_argument(flag, type=kind, default=None, help=HELP.get(field.name, ""))
+        kind = _kind(field.name, hints[field.name])
+        p.add_argument(flag, type=kind, default=None, help=(help or HELP).get(field.name, ""))
     return p
 
 
@@ -219,19 +247,26 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def config_from_args(
-    p: argparse.ArgumentParser, argv: Sequence[str] | None, presets: dict[str, Callable[[], Config]]
-) -> tuple[Config, argparse.Namespace]:
-    """Parse ``argv`` into a validated config (errors go through ``p.error``: exit 2, no trace)."""
+    p: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    presets: Mapping[str, Callable[[], C]],
+    *,
+    check: Callable[[C], None] | None = None,
+) -> tuple[C, argparse.Namespace]:
+    """Parse ``argv`` into a validated config (errors go through ``p.error``: exit 2, no trace).
+
+    ``check`` validates the config (default: :func:`validate`, for the IMP studies' ``Config``).
+    """
     args = p.parse_args(argv)
     cfg = presets[args.preset]()
     changes = {
         f.name: getattr(args, f.name)
-        for f in dataclasses.fields(Config)
+        for f in dataclasses.fields(cfg)  # type: ignore[arg-type]
         if f.name != "preset" and getattr(args, f.name, None) is not None
     }
-    cfg = dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
     try:
-        validate(cfg)
+        (check or validate)(cfg)  # type: ignore[arg-type]
     except ValueError as e:
         p.error(str(e))
     return cfg, args

@@ -34,6 +34,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
@@ -44,6 +45,15 @@ __all__ = ["grid_plot", "line_plot", "marked_points", "select_rows", "series_poi
 _DPI = 120
 _MAX_TICKS = 12
 _COLORS = [f"C{i}" for i in range(10)]
+_LEGEND_INSIDE = 6  # more series than this: the legend goes beside the axes, not over the lines
+
+
+def _palette(labels: Sequence[str]) -> dict[str, Any]:
+    """One colour per label: matplotlib's default cycle, or tab20 past its 10 colours."""
+    if len(labels) <= len(_COLORS):
+        return {label: _COLORS[i] for i, label in enumerate(labels)}
+    cmap = matplotlib.colormaps["tab20"]
+    return {label: cmap(i % 20) for i, label in enumerate(labels)}
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -326,8 +336,9 @@ def line_plot(
     """
     points = series_points(rows, x=x, y=y, series=series, where=where)
     _require_points([points], x=x, y=y)
-    colors = {label: _COLORS[i % len(_COLORS)] for i, label in enumerate(points)}
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    colors = _palette(list(points))
+    wide = len(points) > _LEGEND_INSIDE
+    fig = Figure(figsize=(8.5 if wide else 6.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     _draw(ax, points, colors, styles)
     if mark is not None:
@@ -346,7 +357,12 @@ def line_plot(
         xs=_all_x(points),
     )
     if points:
-        ax.legend(title=legend_title or " / ".join(_as_names(series)), fontsize="small")
+        where_legend: dict[str, Any] = (
+            {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if wide else {}
+        )
+        ax.legend(
+            title=legend_title or " / ".join(_as_names(series)), fontsize="small", **where_legend
+        )
     if title:
         ax.set_title(title)
     return _save(fig, path)
@@ -405,7 +421,7 @@ def grid_plot(
     ]
     _require_points(per_panel, x=x, y=y)
     labels = list(dict.fromkeys(label for points in per_panel for label in points))
-    colors = {label: _COLORS[i % len(_COLORS)] for i, label in enumerate(labels)}
+    colors = _palette(list(labels))
     if ncols is not None and (not isinstance(ncols, int) or ncols < 1):
         raise ValueError(f"ncols must be an int >= 1, got {ncols!r}.")
     cols = min(ncols or 3, len(values))
