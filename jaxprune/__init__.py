@@ -5,6 +5,8 @@ The pruning core imports jax and numpy only:
 * :mod:`jaxprune.masks` — bool mask pytrees, density, packing, mask comparisons;
 * :mod:`jaxprune.criteria` — the Deconstructing-Lottery-Tickets mask criteria, by name;
 * :mod:`jaxprune.select` — exact layerwise / global / structured / N:M selection;
+* :mod:`jaxprune.saliency` — model-aware scores (OBD, SNIP, GraSP, Taylor, SynFlow) from a pure
+  ``apply_fn(params, x)``;
 * :mod:`jaxprune.reset` — kept-weight resets and pruned-weight values;
 * :mod:`jaxprune.schedules` — sparsity as a function of round or step.
 """
@@ -12,9 +14,10 @@ The pruning core imports jax and numpy only:
 from jaxprune import criteria as criteria
 from jaxprune import masks as masks
 from jaxprune import reset as reset
+from jaxprune import saliency as saliency
 from jaxprune import schedules as schedules
 from jaxprune import select as select
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "criteria", "masks", "reset", "schedules", "select"]
+__all__ = ["__version__", "criteria", "masks", "reset", "saliency", "schedules", "select"]

@@ -1,0 +1,1075 @@
+r"""Model-aware saliency: OBD, SNIP, GraSP, Taylor and SynFlow scores, by name.
+
+Where :mod:`jaxprune.criteria` scores weights from their values alone, a saliency reads the model:
+``apply_fn(params, x) -> logits`` (e.g. from :func:`jaxprune.models.functional`, or any pure
+function) and, for the data-driven methods, a batch ``(x, y)`` of inputs and integer labels.
+The loss is the mean softmax cross-entropy :math:`L(\theta)` of ``apply_fn(θ, x)`` on ``y``;
+:math:`g = \nabla_\theta L`, :math:`H = \nabla^2_\theta L`. **Higher score = keep**, as in
+:mod:`jaxprune.criteria`, so the scores plug into :func:`jaxprune.select.layerwise`,
+:func:`~jaxprune.select.global_` and :func:`~jaxprune.select.prune` unchanged.
+
+=============  ==============================================  =================================
+name           score (per weight :math:`\theta_q`)             source
+=============  ==============================================  =================================
+``obd``        :math:`\tfrac12\, H_{qq}\, \theta_q^2`          LeCun et al. 1990
+``snip``       :math:`|g_q\, \theta_q|`                        Lee et al. 2019
+``grasp``      :math:`\theta_q\, (H g)_q`, logits / T          Wang et al. 2020 (sign: below)
+``taylor``     :math:`\tfrac1M \sum_m (g^{(m)}_q \theta_q)^2`  Molchanov et al. 2019
+``synflow``    :math:`|\theta_q\, \partial R / \partial       Tanaka et al. 2020 (data-free)
+               \theta_q|` on :math:`|\theta|`, input 1
+``magnitude``  :math:`|\theta_q|`                              baseline
+``random``     :math:`U[0, 1)` from ``key``                    baseline
+=============  ==============================================  =================================
+
+Scores are float32 pytrees with the params' structure and leaf shapes, for every leaf —
+biases included; which leaves may be *pruned* is decided by the selector's ``prunable`` rule
+(kernels only by default), exactly as for criteria. A NaN in the params (or a NaN loss) gives NaN
+scores, which :mod:`jaxprune.select` rejects. Params are cast to float32 first.
+
+Every function is pure: method names, option values that set shapes (``probes``,
+``microbatches``, ``input_shape``) and ``float64`` are static; params, batches, densities and keys
+are arrays, so each function runs under ``jit`` and ``jit ∘ vmap`` over a leading ticket axis of
+params without recompiling when they change. Keys are keyword-only and never defaulted.
+
+Example — SNIP on a two-layer net, half of each kernel kept:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxprune import masks, saliency, select
+  >>> def apply_fn(p, x):
+  ...     return jnp.tanh(x @ p["w1"]) @ p["w2"]
+  >>> params = {"w1": jnp.sin(jnp.arange(24.0)).reshape(4, 6),
+  ...           "w2": jnp.cos(jnp.arange(18.0)).reshape(6, 3)}
+  >>> batch = (jnp.sin(jnp.arange(32.0) / 3).reshape(8, 4), jnp.arange(8) % 3)
+  >>> scores = saliency.score("snip", apply_fn, params, batch)
+  >>> kept = select.layerwise(scores, masks.ones(params), 0.5)
+  >>> int(kept["w1"].sum()), int(kept["w2"].sum())
+  (12, 9)
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from jaxprune import _checks, criteria, masks, schedules, select
+from jaxprune._types import Array, ArrayLike, Key, Mask, Params, Prunable, PyTree, Scores
+
+__all__ = [
+    "EXACT_LIMIT",
+    "HESSIAN_METHODS",
+    "METHODS",
+    "OBD_METHODS",
+    "ApplyFn",
+    "Batch",
+    "balanced_batch",
+    "gauss_newton_diagonal",
+    "grasp",
+    "hessian_diagonal",
+    "iterative_prune",
+    "names",
+    "obd",
+    "score",
+    "snip",
+    "synflow",
+    "synflow_prune",
+    "taylor",
+]
+
+ApplyFn: TypeAlias = Callable[..., Array]
+"""``apply_fn(params, x) -> logits`` of shape ``[batch, classes]`` (pure, e.g.
+:func:`jaxprune.models.functional`)."""
+Batch: TypeAlias = tuple[ArrayLike, ArrayLike]
+"""``(x, y)``: inputs with a leading batch axis and integer class labels of shape ``[batch]``."""
+
+EXACT_LIMIT = 20_000
+"""Default ``exact_limit`` of :func:`hessian_diagonal`: the exact diagonal costs one
+Hessian-vector product per parameter, so above this many parameters it refuses."""
+
+HESSIAN_METHODS = ("exact", "hutchinson")
+OBD_METHODS = (*HESSIAN_METHODS, "gauss_newton")
+"""How :func:`obd` takes the Hessian diagonal: :func:`hessian_diagonal`'s two methods, or
+:func:`gauss_newton_diagonal`."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_apply_fn(apply_fn: Any) -> None:
+    if not callable(apply_fn):
+        raise ValueError(
+            f"apply_fn must be a callable apply_fn(params, x) -> logits, got "
+            f"{type(apply_fn).__name__}; for a Flax NNX model use jaxprune.models.functional(model)[0]."
+        )
+
+
+def _check_params(params: Params) -> None:
+    leaves = _checks.leaves_with_paths(params)
+    if not leaves:
+        raise ValueError("params has no leaves; pass the model's params pytree.")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"params{path} must be a float array, got "
+                f"{getattr(dtype, 'name', type(leaf).__name__)}{list(np.shape(leaf))}."
+            )
+
+
+def _check_batch(batch: Any, *, name: str = "batch") -> tuple[Array, Array]:
+    """``(x, y)`` with a shared leading axis and integer labels ``[B]``; returns them as arrays."""
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise ValueError(
+            f"{name} must be a pair (x, y) of inputs and integer labels, got "
+            f"{type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
+            + "."
+        )
+    x, y = jnp.asarray(batch[0]), jnp.asarray(batch[1])
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(
+            f"{name}[0] (x) must have a non-empty leading batch axis, got shape {list(x.shape)}."
+        )
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(
+            f"{name}[1] (y) must hold integer class labels, got {y.dtype.name}{list(y.shape)}; "
+            "for one-hot labels pass y.argmax(-1)."
+        )
+    if y.shape != (x.shape[0],):
+        raise ValueError(
+            f"{name}[1] (y) must have shape [{x.shape[0]}] (one label per example of x), got "
+            f"{list(y.shape)}."
+        )
+    return x, y
+
+
+def _check_positive_int(value: Any, *, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive int (static), got {value!r}.")
+
+
+def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else None
+    if not shape or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in shape
+    ):
+        raise ValueError(
+            f"input_shape must be a non-empty tuple of positive ints (one example, without the "
+            f"batch axis, e.g. (28, 28, 1)), got {input_shape!r}."
+        )
+    return tuple(int(d) for d in shape)
+
+
+def _check_positive(value: Any, *, name: str) -> None:
+    if _checks.is_traced(value):
+        return
+    arr = np.asarray(value, np.float64)
+    if arr.shape != () or not arr > 0:
+        raise ValueError(f"{name} must be a positive scalar, got {value!r}.")
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def _f32(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree)
+
+
+def _logits(apply_fn: ApplyFn, params: Params, x: Array) -> Array:
+    logits = apply_fn(params, x)
+    shape = tuple(jnp.shape(logits))
+    if len(shape) != 2 or shape[0] != x.shape[0]:
+        raise ValueError(
+            f"apply_fn(params, x) must return logits of shape [batch, classes] = "
+            f"[{x.shape[0]}, C] for x of shape {list(x.shape)}, got {list(shape)}."
+        )
+    return logits
+
+
+def _cross_entropy(logits: Array, y: Array) -> Array:
+    """Mean softmax cross-entropy with integer labels (as :func:`jaxprune.train.cross_entropy`)."""
+    if not _checks.is_traced(y):
+        labels = np.asarray(y)
+        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+            raise ValueError(
+                f"batch[1] (y) must hold labels in [0, {logits.shape[1]}) for logits with "
+                f"{logits.shape[1]} classes, got labels in [{labels.min()}, {labels.max()}]."
+            )
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=1)
+    return -jnp.mean(picked)
+
+
+def _loss_fn(
+    apply_fn: ApplyFn, x: Array, y: Array, temperature: ArrayLike = 1.0
+) -> Callable[[Params], Array]:
+    def loss(params: Params) -> Array:
+        return _cross_entropy(_logits(apply_fn, params, x) / temperature, y)
+
+    return loss
+
+
+def _prepare(apply_fn: ApplyFn, params: Params, batch: Any) -> tuple[Params, Array, Array]:
+    _check_apply_fn(apply_fn)
+    _check_params(params)
+    x, y = _check_batch(batch)
+    return _f32(params), x, y
+
+
+# ----------------------------------------------------------------------------- Hessian diagonal
+
+
+def _scalar_loss(loss_fn: Callable[[Params], Array]) -> Callable[[Params], Array]:
+    def checked(params: Params) -> Array:
+        out = loss_fn(params)
+        if jnp.shape(out) != ():
+            raise ValueError(
+                f"loss_fn(params) must return a scalar, got shape {list(jnp.shape(out))}; "
+                "reduce it, e.g. with jnp.mean."
+            )
+        return out
+
+    return checked
+
+
+def hessian_diagonal(
+    loss_fn: Callable[[Params], Array],
+    params: Params,
+    *,
+    method: Literal["exact", "hutchinson"] = "exact",
+    probes: int = 100,
+    key: Key | None = None,
+    chunk_size: int = 128,
+    exact_limit: int = EXACT_LIMIT,
+) -> PyTree:
+    r"""The diagonal :math:`h_{qq} = \partial^2 L / \partial\theta_q^2` of the Hessian of ``loss_fn``.
+
+    ``exact``: :math:`h_{qq} = (H e_q)_q`, one forward-over-reverse Hessian-vector product
+    (``jax.linearize`` of ``jax.grad``, linearised once) per parameter :math:`q`, ``chunk_size``
+    of them vmapped at a time. It costs :math:`n` HVPs for :math:`n` parameters, so it is for
+    small models: above ``exact_limit`` parameters it raises.
+
+    ``hutchinson``: the unbiased estimate (Bekas et al. 2007)
+
+    .. math::  \hat h = \frac1P \sum_{p=1}^{P} z_p \odot H z_p,
+               \qquad z_p \in \{-1, +1\}^n \text{ Rademacher},
+
+    with :math:`P` = ``probes`` drawn from ``key``; its error per entry falls as
+    :math:`\sqrt{\sum_{j \ne q} h_{qj}^2 / P}`. Probes are summed in chunks of ``chunk_size``
+    (memory ``chunk_size`` × n).
+
+    Args:
+      loss_fn: pure ``loss_fn(params) -> scalar``.
+      params: a pytree of float arrays.
+      method: ``"exact"`` or ``"hutchinson"`` (static).
+      probes: number of Rademacher probes for ``hutchinson`` (static).
+      key: PRNG key (``jax.random.key``); required by ``hutchinson``.
+      chunk_size: HVPs evaluated together (static); trades memory for speed.
+      exact_limit: the most parameters ``exact`` accepts (static).
+
+    Returns:
+      A float32 pytree like ``params``: the diagonal, leaf by leaf.
+
+    Raises:
+      ValueError: unknown ``method``; ``exact`` on more than ``exact_limit`` parameters;
+        ``hutchinson`` without ``key``; a non-scalar loss; non-float params.
+
+    Example — the Hessian of :math:`\sum_i a_i w_i^2 + w_0 w_1` has diagonal :math:`2a`:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> a = jnp.array([1.0, 2.0, 3.0])
+      >>> loss = lambda p: jnp.sum(a * p["w"] ** 2) + p["w"][0] * p["w"][1]
+      >>> saliency.hessian_diagonal(loss, {"w": jnp.ones(3)})["w"]
+      Array([2., 4., 6.], dtype=float32)
+      >>> est = saliency.hessian_diagonal(loss, {"w": jnp.ones(3)}, method="hutchinson",
+      ...                                 probes=64, key=jax.random.key(0))
+      >>> bool(jnp.allclose(est["w"], 2 * a, atol=0.5))
+      True
+    """
+    _checks.check_choice(method, HESSIAN_METHODS, name="method")
+    _check_params(params)
+    _check_positive_int(chunk_size, name="chunk_size")
+    _checks.check_key(key)
+    flat, unravel = ravel_pytree(_f32(params))
+    n = flat.shape[0]
+    loss = _scalar_loss(loss_fn)
+
+    def flat_grad(v: Array) -> Array:
+        return ravel_pytree(jax.grad(loss)(unravel(v)))[0]
+
+    if method == "exact":
+        _check_positive_int(exact_limit, name="exact_limit")
+        if n > exact_limit:
+            raise ValueError(
+                f"hessian_diagonal(method='exact') needs one Hessian-vector product per "
+                f"parameter: params have {n} > exact_limit={exact_limit}. Use "
+                "method='hutchinson' (probes=, key=) for a model this size, or raise "
+                "exact_limit if you can afford it."
+            )
+        _, hvp = jax.linearize(flat_grad, flat)
+
+        def column_entry(q: Array) -> Array:  # (H e_q)_q
+            return hvp(jax.nn.one_hot(q, n, dtype=flat.dtype))[q]
+
+        diag = lax.map(column_entry, jnp.arange(n), batch_size=min(chunk_size, n))
+        return unravel(diag)
+
+    _check_positive_int(probes, name="probes")
+    _checks.require(key, name="key", why="by method='hutchinson' (it draws the probes)")
+    assert key is not None
+    _, hvp = jax.linearize(flat_grad, flat)
+    chunk = min(chunk_size, probes)
+    n_chunks = -(-probes // chunk)
+    keys = jax.random.split(key, n_chunks * chunk).reshape(n_chunks, chunk)
+    # Probes past `probes` (padding of the last chunk) get weight 0.
+    weights = (jnp.arange(n_chunks * chunk) < probes).astype(flat.dtype).reshape(n_chunks, chunk)
+
+    def one(k: Key) -> Array:
+        z = jax.random.rademacher(k, (n,), jnp.int32).astype(flat.dtype)
+        return z * hvp(z)
+
+    def body(total: Array, chunk_in: tuple[Key, Array]) -> tuple[Array, None]:
+        ks, w = chunk_in
+        return total + jnp.sum(jax.vmap(one)(ks) * w[:, None], axis=0), None
+
+    total, _ = lax.scan(body, jnp.zeros_like(flat), (keys, weights))
+    return unravel(total / probes)
+
+
+def gauss_newton_diagonal(
+    apply_fn: ApplyFn, params: Params, batch: Batch, *, chunk_size: int = 64
+) -> PyTree:
+    r"""Diagonal of the Gauss-Newton matrix of the mean softmax cross-entropy on ``batch``.
+
+    With logits :math:`z_i = f(	heta, x_i)`, Jacobians :math:`J_i = \partial z_i/\partial	heta`
+    and softmax :math:`p_i`, the Hessian of the loss splits into
+    :math:`G = rac1N \sum_i J_i^	op (\mathrm{diag}(p_i) - p_i p_i^	op) J_i` plus a term in the
+    second derivatives of :math:`f`. :math:`G` drops that term (LeCun et al. 1990's
+    approximation), is positive semi-definite, and for cross-entropy equals the Fisher
+    information; its diagonal is a variance under :math:`p_i`:
+
+    .. math::  G_{qq} = rac1N \sum_i \Big[\sum_k p_{ik} J_{ikq}^2
+               - \Big(\sum_k p_{ik} J_{ikq}\Big)^2\Big].
+
+    It costs one Jacobian (:math:`C` backward passes) per example — no probes, no noise, any
+    model size; ``chunk_size`` examples are vmapped at a time. Labels are not used. For a model
+    linear in its params (softmax regression) it equals the exact Hessian diagonal.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> logits``.
+      params: a pytree of float arrays.
+      batch: ``(x, y)``; only ``x`` is read (``y`` is checked like every batch).
+      chunk_size: examples per vmapped Jacobian (static); trades memory for speed.
+
+    Returns:
+      A float32 pytree like ``params``.
+
+    Example — softmax regression, where the Gauss-Newton matrix is the Hessian:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> apply_fn = lambda p, x: x @ p["w"]
+      >>> params = {"w": jax.random.normal(jax.random.key(0), (3, 4))}
+      >>> batch = (jax.random.normal(jax.random.key(1), (5, 3)), jnp.arange(5) % 4)
+      >>> gn = saliency.gauss_newton_diagonal(apply_fn, params, batch)
+      >>> def loss(p):
+      ...     logp = jax.nn.log_softmax(apply_fn(p, batch[0]))
+      ...     return -jnp.mean(logp[jnp.arange(5), batch[1]])
+      >>> bool(jnp.allclose(gn["w"], saliency.hessian_diagonal(loss, params)["w"], atol=1e-6))
+      True
+    """
+    p32, x, _ = _prepare(apply_fn, params, batch)
+    _check_positive_int(chunk_size, name="chunk_size")
+    flat, unravel = ravel_pytree(p32)
+    n_examples = x.shape[0]
+    chunk = min(chunk_size, n_examples)
+    n_chunks = -(-n_examples // chunk)
+    pad = n_chunks * chunk - n_examples
+    xs = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(
+        n_chunks, chunk, *x.shape[1:]
+    )
+    weights = (jnp.arange(n_chunks * chunk) < n_examples).astype(flat.dtype)
+    weights = weights.reshape(n_chunks, chunk)
+
+    def one(xi: Array) -> Array:
+        def logits_of(v: Array) -> Array:
+            return _logits(apply_fn, unravel(v), xi[None])[0].astype(jnp.float32)
+
+        p = jax.nn.softmax(logits_of(flat))
+        jac = jax.jacrev(logits_of)(flat)  # [classes, params]
+        mean = p @ jac
+        return p @ (jac * jac) - mean * mean
+
+    def body(total: Array, chunk_in: tuple[Array, Array]) -> tuple[Array, None]:
+        xc, w = chunk_in
+        return total + jnp.sum(jax.vmap(one)(xc) * w[:, None], axis=0), None
+
+    total, _ = lax.scan(body, jnp.zeros_like(flat), (xs, weights))
+    return unravel(total / n_examples)
+
+
+# ----------------------------------------------------------------------------- data-driven scores
+
+
+def obd(
+    apply_fn: ApplyFn,
+    params: Params,
+    batch: Batch,
+    *,
+    method: Literal["exact", "hutchinson", "gauss_newton"] = "exact",
+    probes: int = 100,
+    key: Key | None = None,
+    chunk_size: int = 128,
+    exact_limit: int = EXACT_LIMIT,
+) -> Scores:
+    r"""Optimal Brain Damage (LeCun et al. 1990): :math:`s_q = \tfrac12\, h_{qq}\, \theta_q^2`.
+
+    The loss change of deleting weight :math:`q` to second order, ignoring the off-diagonal
+    Hessian and the gradient (the net is assumed at a minimum). :math:`h_{qq}` is the Hessian
+    diagonal of the cross-entropy on ``batch`` (:func:`hessian_diagonal`: ``exact`` for small
+    models, ``hutchinson`` otherwise), or its Gauss-Newton part (``gauss_newton``,
+    :func:`gauss_newton_diagonal`: the approximation LeCun et al. used, never negative, exact and
+    cheap for any model size). Away from a minimum the true :math:`h_{qq}` can be negative, and so
+    can the score: such weights rank lowest and are pruned first. The paper's loop: train, score,
+    prune the lowest, retrain, repeat.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> logits``.
+      params: the (trained) params.
+      batch: ``(x, y)``, integer labels.
+      method: one of :data:`OBD_METHODS` (static).
+      probes, key, chunk_size, exact_limit: as :func:`hessian_diagonal` (``chunk_size`` is the
+        number of examples per vmapped Jacobian for ``gauss_newton``).
+
+    Returns:
+      float32 scores like ``params``; higher = keep.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> apply_fn = lambda p, x: x @ p["w"]
+      >>> s = saliency.obd(apply_fn, {"w": jnp.array([[1.0, -1.0]])}, (jnp.ones((2, 1)), jnp.array([0, 1])))
+      >>> s["w"]  # h_qq = p(1 - p) = 0.105 for both logits (p = softmax(1, -1)), times ½·1²
+      Array([[0.0524..., 0.0524...]], dtype=float32)
+    """
+    _checks.check_choice(method, OBD_METHODS, name="method")
+    p32, x, y = _prepare(apply_fn, params, batch)
+    if method == "gauss_newton":
+        diag = gauss_newton_diagonal(apply_fn, p32, (x, y), chunk_size=chunk_size)
+        return jax.tree.map(lambda h, p: 0.5 * h * p * p, diag, p32)
+    diag = hessian_diagonal(
+        _loss_fn(apply_fn, x, y),
+        p32,
+        method=method,
+        probes=probes,
+        key=key,
+        chunk_size=chunk_size,
+        exact_limit=exact_limit,
+    )
+    return jax.tree.map(lambda h, p: 0.5 * h * p * p, diag, p32)
+
+
+def snip(apply_fn: ApplyFn, params: Params, batch: Batch) -> Scores:
+    r"""SNIP connection sensitivity (Lee et al. 2019): :math:`s_q = |g_q\, \theta_q|`.
+
+    :math:`g` is the gradient of the mean cross-entropy on ``batch`` at ``params`` (at
+    initialisation, on one small batch — about ten examples per class is the usual choice, see
+    :func:`balanced_batch`). The paper divides by
+    :math:`\sum_q |g_q \theta_q|`, a constant that changes no ranking, so it is left out. Equal
+    to :func:`jaxprune.criteria.score` ``("snip", params, grads=g)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> apply_fn = lambda p, x: x @ p["w"]
+      >>> s = saliency.snip(apply_fn, {"w": jnp.array([[2.0, -1.0]])}, (jnp.ones((1, 1)), jnp.array([0])))
+      >>> s["w"].round(4)  # g = softmax(2, -1) - (1, 0) = (-0.0474, 0.0474)
+      Array([[0.0949, 0.0474]], dtype=float32)
+    """
+    p32, x, y = _prepare(apply_fn, params, batch)
+    grads = jax.grad(_loss_fn(apply_fn, x, y))(p32)
+    return jax.tree.map(lambda g, p: jnp.abs(g * p), grads, p32)
+
+
+def grasp(
+    apply_fn: ApplyFn,
+    params: Params,
+    batch: Batch,
+    *,
+    temperature: ArrayLike = 200.0,
+    prunable: Prunable = None,
+) -> Scores:
+    r"""GraSP, gradient signal preservation (Wang et al. 2020): :math:`s = \theta \odot H g`.
+
+    The loss is the cross-entropy of the *tempered* logits ``apply_fn(θ, x) / temperature``
+    (T = 200 in the paper, to soften the softmax at init); :math:`g` is its gradient restricted to
+    the ``prunable`` leaves (kernels by default — the reference code differentiates only conv and
+    linear weights) and :math:`Hg` one forward-over-reverse Hessian-vector product, evaluated for
+    every leaf.
+
+    **Sign.** Wang et al. write the score as :math:`S(-\theta) = -\theta \odot Hg` and *remove*
+    the weights with the highest :math:`S`; the reference code computes ``-θ * Hg`` and keeps
+    those at or below the top-p threshold. Both keep the highest :math:`\theta \odot Hg`, which is
+    this score under jaxprune's higher = keep convention. Feeding the paper's :math:`S` to a
+    keep-highest selector would invert GraSP. Later analyses question the sign itself and study
+    :math:`|\theta \odot Hg|` instead: ``jax.tree.map(jnp.abs, scores)``.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> logits``.
+      params: the params at initialisation.
+      batch: ``(x, y)``; the reference uses a class-balanced batch (:func:`balanced_batch`).
+      temperature: T > 0, the logit divisor (may be traced).
+      prunable: which leaves' gradients enter :math:`g` (a
+        :data:`~jaxprune._types.Prunable` spec; static).
+
+    Returns:
+      float32 scores like ``params``; higher = keep. They can be negative.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> apply_fn = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+      >>> params = {"w1": jnp.sin(jnp.arange(12.0)).reshape(3, 4),
+      ...           "w2": jnp.cos(jnp.arange(8.0)).reshape(4, 2)}
+      >>> grasp = jax.jit(saliency.grasp, static_argnums=0)  # apply_fn is static
+      >>> s = grasp(apply_fn, params, (jnp.ones((2, 3)), jnp.array([0, 1])))
+      >>> jax.tree.map(jnp.shape, s)
+      {'w1': (3, 4), 'w2': (4, 2)}
+    """
+    p32, x, y = _prepare(apply_fn, params, batch)
+    _check_positive(temperature, name="temperature")
+    loss = _loss_fn(apply_fn, x, y, temperature)
+    flags = masks.is_prunable(p32, prunable)
+    grads = jax.grad(loss)(p32)
+    g = jax.tree.map(lambda gq, f: gq if f else jnp.zeros_like(gq), grads, flags)
+    _, hg = jax.jvp(jax.grad(loss), (p32,), (lax.stop_gradient(g),))
+    return jax.tree.map(lambda h, p: p * h, hg, p32)
+
+
+def taylor(apply_fn: ApplyFn, params: Params, batch: Batch, *, microbatches: int = 1) -> Scores:
+    r"""First-order Taylor importance (Molchanov et al. 2019): :math:`s_q = \overline{(g_q \theta_q)^2}`.
+
+    Removing weight :math:`q` changes the loss by :math:`\Delta L \approx -g_q \theta_q` to first
+    order; Molchanov et al. score its square, averaged over mini-batches:
+
+    .. math::  s_q = \frac1M \sum_{m=1}^{M} \big(g^{(m)}_q\, \theta_q\big)^2,
+
+    where :math:`g^{(m)}` is the gradient of the mean cross-entropy on the :math:`m`-th of
+    ``microbatches`` equal, contiguous slices of ``batch``. **How it differs from SNIP**
+    (:math:`|\bar g_q \theta_q|`, one gradient of the whole batch): with ``microbatches=1`` the
+    score is SNIP's squared, so it ranks weights *identically*; with :math:`M > 1` it averages the
+    squares of per-slice gradients, so a weight whose gradient is large but changes sign between
+    slices keeps a high score where SNIP's averaged gradient cancels. (Their group score for a
+    filter, :math:`(\sum_{q \in \text{group}} g_q \theta_q)^2`, is not this per-weight sum.)
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> logits``.
+      params: the params (trained, for pruning during fine-tuning as in the paper).
+      batch: ``(x, y)``; its size must be a multiple of ``microbatches``.
+      microbatches: :math:`M` (static).
+
+    Returns:
+      float32 scores like ``params``; higher = keep.
+
+    Example — one slice is SNIP squared:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> apply_fn = lambda p, x: x @ p["w"]
+      >>> params, batch = {"w": jnp.array([[2.0, -1.0]])}, (jnp.ones((2, 1)), jnp.array([0, 1]))
+      >>> t, s = saliency.taylor(apply_fn, params, batch), saliency.snip(apply_fn, params, batch)
+      >>> bool(jnp.allclose(t["w"], s["w"] ** 2))
+      True
+      >>> saliency.taylor(apply_fn, params, batch, microbatches=2)["w"]  # slices disagree
+      Array([[1.819..., 0.454...]], dtype=float32)
+    """
+    p32, x, y = _prepare(apply_fn, params, batch)
+    _check_positive_int(microbatches, name="microbatches")
+    if x.shape[0] % microbatches:
+        raise ValueError(
+            f"batch size {x.shape[0]} must be a multiple of microbatches={microbatches} (equal "
+            "slices)."
+        )
+    xs = x.reshape(microbatches, -1, *x.shape[1:])
+    ys = y.reshape(microbatches, -1)
+
+    def slice_grad(xm: Array, ym: Array) -> PyTree:
+        return jax.grad(_loss_fn(apply_fn, xm, ym))(p32)
+
+    grads = jax.vmap(slice_grad)(xs, ys)
+    return jax.tree.map(lambda g, p: jnp.mean(jnp.square(g * p[None]), axis=0), grads, p32)
+
+
+def balanced_batch(
+    x: ArrayLike,
+    y: ArrayLike,
+    per_class: int,
+    *,
+    key: Key,
+    num_classes: int | None = None,
+) -> tuple[Array, Array]:
+    """A class-balanced batch: ``per_class`` random examples of each class, class by class.
+
+    SNIP and GraSP score on such a batch (about ten examples per class is the usual choice).
+    Within a class the examples are a uniform draw without replacement from ``key``.
+
+    Args:
+      x: inputs, leading axis = examples.
+      y: integer labels ``[examples]`` in ``[0, num_classes)``.
+      per_class: examples per class (static).
+      key: PRNG key (keyword-only, required).
+      num_classes: the number of classes (static); default ``y.max() + 1``, which needs a
+        concrete ``y`` (pass it under ``jit``).
+
+    Returns:
+      ``(x_b, y_b)`` with ``num_classes · per_class`` examples: class 0's first, then class 1's…
+
+    Raises:
+      ValueError: a class with fewer than ``per_class`` examples (checked when ``y`` is concrete;
+        under ``jit`` the short class's slots are filled with examples of the next classes);
+        mismatched shapes; a missing or malformed key.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> x, y = jnp.arange(10.0)[:, None], jnp.array([0, 1, 1, 0, 2, 2, 1, 0, 2, 0])
+      >>> xb, yb = saliency.balanced_batch(x, y, 2, key=jax.random.key(0))
+      >>> yb
+      Array([0, 0, 1, 1, 2, 2], dtype=int32)
+      >>> bool(jnp.all(y[xb[:, 0].astype(int)] == yb))
+      True
+    """
+    xa, ya = _check_batch((x, y), name="(x, y)")
+    _check_positive_int(per_class, name="per_class")
+    _checks.require(key, name="key", why="by balanced_batch (it draws the examples)")
+    _checks.check_key(key)
+    if num_classes is None:
+        if _checks.is_traced(y):
+            raise ValueError(
+                "num_classes is required when y is traced (under jit): pass num_classes=."
+            )
+        num_classes = int(np.max(np.asarray(y))) + 1
+    _check_positive_int(num_classes, name="num_classes")
+    if not _checks.is_traced(y):  # the argument itself: numpy labels stay concrete under jit
+        counts = np.bincount(np.asarray(y), minlength=num_classes)
+        short = [(c, int(n)) for c, n in enumerate(counts[:num_classes]) if n < per_class]
+        if short:
+            raise ValueError(
+                f"per_class={per_class} but class(es) have too few examples: "
+                + ", ".join(f"class {c}: {n}" for c, n in short[:5])
+                + ". Lower per_class or pass more data."
+            )
+    perm = jax.random.permutation(key, xa.shape[0])
+    # stable sort of a random permutation by label: each class's examples in random order
+    order = perm[jnp.argsort(ya[perm], stable=True)]
+    counts_t = jnp.bincount(ya, length=num_classes)
+    starts = jnp.cumsum(counts_t) - counts_t
+    idx = (starts[:, None] + jnp.arange(per_class)[None, :]).reshape(-1)
+    picked = order[jnp.minimum(idx, xa.shape[0] - 1)]
+    return xa[picked], jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), per_class)
+
+
+# ----------------------------------------------------------------------------- SynFlow
+
+
+def _synflow(
+    apply_fn: ApplyFn,
+    params: Params,
+    input_shape: tuple[int, ...],
+    state: PyTree | None,
+    dtype: Any,
+    normalise: bool,
+) -> Scores:
+    linear = jax.tree.map(lambda p: jnp.abs(jnp.asarray(p, dtype)), params)
+    ones = jnp.ones((1, *input_shape), dtype)
+    lin_state = (
+        None if state is None else jax.tree.map(lambda s: jnp.abs(jnp.asarray(s, dtype)), state)
+    )
+
+    def flow(p: Params) -> Array:
+        out = apply_fn(p, ones) if lin_state is None else apply_fn(p, ones, lin_state)
+        return jnp.sum(out)
+
+    r, grads = jax.value_and_grad(flow)(linear)
+    # R is a sum of products of |θ| on an all-ones input: >= 0; 0 only when no path survives.
+    scale = jnp.where(r > 0, r, 1.0) if normalise else jnp.ones((), r.dtype)
+    return jax.tree.map(lambda p, g: (jnp.abs(p * g) / scale).astype(jnp.float32), linear, grads)
+
+
+def synflow(
+    apply_fn: ApplyFn,
+    params: Params,
+    input_shape: Sequence[int],
+    *,
+    state: PyTree | None = None,
+    float64: bool = False,
+) -> Scores:
+    r"""SynFlow, iterative synaptic flow (Tanaka et al. 2020) — one data-free scoring.
+
+    Every parameter is replaced by its absolute value, an all-ones input of shape
+    ``(1, *input_shape)`` is fed forward, and
+
+    .. math::  R = \mathbb{1}^\top f(\mathbb{1};\, |\theta|), \qquad
+               s_q = \Big|\theta_q \frac{\partial R}{\partial \theta_q}\Big|.
+
+    For a bias-free chain of dense layers :math:`s(W_\ell)_{ij} = (\mathbb{1}^\top |W_1| \cdots
+    |W_{\ell-1}|)_i\, |W_\ell|_{ij}\, (|W_{\ell+1}| \cdots |W_L|\, \mathbb{1})_j`, and the scores
+    are **conserved**: what flows into a neuron flows out of it, so every layer's scores sum to
+    :math:`R`. No data is read: the scores depend on the weights and the architecture only.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> outputs``; the outputs may have any shape.
+      params: the params (every leaf is made non-negative, biases too).
+      input_shape: one example's shape, without the batch axis (static).
+      state: non-param variables the forward pass reads (BatchNorm statistics); SynFlow takes
+        their absolute value too, and ``apply_fn(params, x, state)`` is called. ``None`` (the
+        models here have none) calls ``apply_fn(params, x)``.
+      float64: compute in float64 (static) — deep nets over- or underflow float32, where
+        :math:`R` is a product over layers. It works without ``jax_enable_x64`` (a local
+        ``jax.enable_x64`` context). The float32 scores it returns are :math:`s_q / R`
+        (computed in float64), so they fit float32's range: same ranking, and every layer of a
+        chain then sums to 1; entries below :math:`\approx 10^{-45} R` round to 0.
+
+    Returns:
+      float32 scores like ``params``; higher = keep. Iterate with :func:`synflow_prune`.
+
+    Example — a two-layer chain, :math:`R = 1^\top|W_1||W_2|1 = 1 \cdot 1 + 2 \cdot 1 = 3`:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> p = {"w1": jnp.array([[1.0, -2.0]]), "w2": jnp.array([[1.0], [-1.0]])}
+      >>> s = saliency.synflow(lambda p, x: x @ p["w1"] @ p["w2"], p, (1,))
+      >>> s["w1"], s["w2"]
+      (Array([[1., 2.]], dtype=float32), Array([[1.], [2.]], dtype=float32))
+      >>> saliency.synflow(lambda p, x: x @ p["w1"] @ p["w2"], p, (1,), float64=True)["w1"]
+      Array([[0.33333334, 0.6666667 ]], dtype=float32)
+    """
+    _check_apply_fn(apply_fn)
+    _check_params(params)
+    shape = _check_input_shape(input_shape)
+    if float64:
+        with jax.enable_x64(True):
+            return _synflow(apply_fn, params, shape, state, jnp.float64, True)
+    return _synflow(apply_fn, params, shape, state, jnp.float32, False)
+
+
+# ----------------------------------------------------------------------------- iterative pruning
+
+
+def _target_counts(start: Array, density: Array, size: int, k: Array, rounds: Array) -> Array:
+    """Weights kept after round ``k``: ``start · (T/start)^(k/n)`` rounded, exactly T at k = n.
+
+    ``T = keep_count(size, 1 - density)``: what one-shot pruning of a dense leaf to ``density``
+    keeps, so one round equals one-shot selection.
+    """
+    final = select.keep_count(size, 1.0 - density)
+    final = jnp.minimum(final, start)  # a mask already sparser than the target is left alone
+    ratio = final.astype(jnp.float32) / jnp.maximum(start, 1).astype(jnp.float32)
+    frac = schedules.exponential(k, rounds, ratio)
+    counts = jnp.floor(start.astype(jnp.float32) * frac + 0.5).astype(jnp.int32)
+    counts = jnp.clip(counts, final, start)
+    return jnp.where(k >= rounds, final, counts)
+
+
+def _rate(remaining: Array, target: Array) -> Array:
+    """The select ``rate`` that takes ``remaining`` to ``target`` (exact for < 2^22 pruned)."""
+    r = remaining.astype(jnp.float32)
+    rate = (r - target.astype(jnp.float32)) / jnp.maximum(r, 1.0)
+    return jnp.clip(rate, 0.0, 1.0 - 1e-7)
+
+
+def iterative_prune(
+    score_fn: Callable[[Params], Scores],
+    params: Params,
+    mask: Mask,
+    *,
+    density: ArrayLike,
+    rounds: ArrayLike = 100,
+    scope: select.Scope = "global",
+    prunable: Prunable = None,
+    min_keep: int = 0,
+) -> Mask:
+    r"""Prune to ``density`` in ``rounds`` rounds on the exponential schedule, re-scoring each round.
+
+    Round :math:`k = 1 \dots n` scores the masked params :math:`\theta \odot M_{k-1}` with
+    ``score_fn`` and prunes the lowest scores so that the kept count becomes
+
+    .. math::  c_k = \operatorname{round}\big(c_0\, (c_n / c_0)^{k/n}\big), \qquad
+               c_n = \text{select.keep\_count}(N, 1 - \rho),
+
+    i.e. the kept fraction :math:`\rho^{k/n}` of SynFlow (:func:`jaxprune.schedules.exponential`)
+    with exact counts: :math:`c_0` weights are kept at the start, :math:`N` is the prunable size and
+    :math:`\rho` = ``density``. ``scope="global"`` counts all prunable weights together (SynFlow);
+    ``"layerwise"`` applies the schedule to each prunable leaf. ``rounds=1`` is one-shot pruning.
+    The loop is one ``lax.fori_loop``: compiled once, whatever the density or rounds.
+
+    Args:
+      score_fn: ``score_fn(params) -> scores`` (higher = keep), e.g. a closure over
+        :func:`synflow` or :func:`snip`.
+      params: the params (pruned entries are zeroed before scoring).
+      mask: the starting mask (bool pytree like ``params``); pruned weights stay pruned. A leaf
+        already at or below the target keeps its mask.
+      density: final fraction :math:`\rho \in (0, 1]` of the prunable weights kept (of all of
+        them, not of the remaining); may be traced.
+      rounds: :math:`n > 0`; may be traced.
+      scope: ``"global"`` or ``"layerwise"`` (static).
+      prunable: which leaves may be pruned (static spec; kernels by default).
+      min_keep: as in :func:`jaxprune.select.global_` (static): at least this many per leaf, which
+        can keep more than the target.
+
+    Returns:
+      The new bool mask.
+
+    Example — iterative SNIP to 30% of the weights in 3 rounds:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import masks, saliency
+      >>> apply_fn = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+      >>> params = {"w1": jnp.sin(jnp.arange(20.0)).reshape(4, 5),
+      ...           "w2": jnp.cos(jnp.arange(15.0)).reshape(5, 3)}
+      >>> batch = (jnp.sin(jnp.arange(24.0) / 3).reshape(6, 4), jnp.arange(6) % 3)
+      >>> snip_prune = jax.jit(lambda p, d: saliency.iterative_prune(
+      ...     lambda q: saliency.snip(apply_fn, q, batch), p, masks.ones(p), density=d, rounds=3))
+      >>> m = snip_prune(params, 0.3)  # density is traced: any density, one program
+      >>> int(masks.count(m))  # round(0.3 · 35)
+      10
+    """
+    _checks.check_mask(mask, params)
+    _checks.check_choice(scope, select.SCOPES, name="scope")
+    _checks.check_in_range(density, name="density", high_inclusive=True)
+    _check_positive(density, name="density")
+    _check_positive(rounds, name="rounds")
+    flags = masks.is_prunable(mask, prunable)
+    flat_flags = jax.tree.leaves(flags)
+    sizes = [int(np.size(m)) for m in jax.tree.leaves(mask)]
+    density_ = jnp.asarray(density, jnp.float32)
+    rounds_ = jnp.asarray(rounds, jnp.int32)
+
+    def counts(m: Mask) -> list[Array]:
+        return [jnp.sum(leaf, dtype=jnp.int32) for leaf in jax.tree.leaves(m)]
+
+    start = counts(mask)
+    total_start = sum((c for c, f in zip(start, flat_flags, strict=True) if f), jnp.int32(0))
+    total_size = sum(s for s, f in zip(sizes, flat_flags, strict=True) if f)
+
+    def one_round(k: Array, m: Mask) -> Mask:
+        scores = score_fn(
+            jax.tree.map(lambda p, mk: jnp.where(mk, p, jnp.zeros_like(p)), params, m)
+        )
+        now = counts(m)
+        if scope == "global":
+            kept = sum((c for c, f in zip(now, flat_flags, strict=True) if f), jnp.int32(0))
+            target = _target_counts(total_start, density_, total_size, k + 1, rounds_)
+            rate: Any = _rate(kept, target)
+        else:
+            rates = [
+                _rate(c, _target_counts(c0, density_, size, k + 1, rounds_))
+                if f
+                else jnp.float32(0)
+                for c, c0, size, f in zip(now, start, sizes, flat_flags, strict=True)
+            ]
+            rate = jax.tree.unflatten(jax.tree.structure(mask), rates)
+        return select.prune(scores, m, rate, scope=scope, prunable=flags, min_keep=min_keep)
+
+    return lax.fori_loop(0, rounds_, one_round, mask)
+
+
+def synflow_prune(
+    apply_fn: ApplyFn,
+    params: Params,
+    mask: Mask,
+    input_shape: Sequence[int],
+    *,
+    density: ArrayLike,
+    rounds: ArrayLike = 100,
+    scope: select.Scope = "global",
+    prunable: Prunable = None,
+    min_keep: int = 0,
+    state: PyTree | None = None,
+    float64: bool = False,
+) -> Mask:
+    r"""SynFlow pruning: :func:`iterative_prune` with :func:`synflow` scores (global, 100 rounds).
+
+    Tanaka et al. prune globally in :math:`n = 100` rounds to density :math:`\rho =
+    10^{-\text{compression}}`, re-scoring the masked net each round: a layer that loses weights
+    gets higher scores per surviving weight (the flow through it is conserved), which is what
+    keeps it from being emptied (*layer collapse*) at extreme compression.
+
+    Args:
+      apply_fn, input_shape, state, float64: as :func:`synflow`.
+      params, mask, density, rounds, scope, prunable, min_keep: as :func:`iterative_prune`.
+
+    Returns:
+      The new bool mask, exactly at ``density`` (of the prunable weights) when ``min_keep`` does
+      not intervene.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import masks, saliency
+      >>> params = {"w1": jnp.sin(jnp.arange(64.0)).reshape(8, 8),
+      ...           "w2": jnp.cos(jnp.arange(16.0)).reshape(8, 2)}
+      >>> m = saliency.synflow_prune(lambda p, x: x @ p["w1"] @ p["w2"], params,
+      ...                            masks.ones(params), (8,), density=0.1, rounds=10)
+      >>> int(masks.count(m)), [int(m[k].sum()) > 0 for k in ("w1", "w2")]  # no layer collapses
+      (8, [True, True])
+    """
+    _check_apply_fn(apply_fn)
+    shape = _check_input_shape(input_shape)
+
+    def score_fn(p: Params) -> Scores:
+        return synflow(apply_fn, p, shape, state=state, float64=float64)
+
+    return iterative_prune(
+        score_fn,
+        params,
+        mask,
+        density=density,
+        rounds=rounds,
+        scope=scope,
+        prunable=prunable,
+        min_keep=min_keep,
+    )
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _magnitude(apply_fn: ApplyFn, params: Params, batch: Any, *, key: Key | None) -> Scores:
+    del apply_fn, batch, key
+    return criteria.score("large_init", params)
+
+
+def _random(apply_fn: ApplyFn, params: Params, batch: Any, *, key: Key | None) -> Scores:
+    del apply_fn, batch
+    return criteria.score("random", params, key=key)
+
+
+def _obd(
+    apply_fn: ApplyFn, params: Params, batch: Any, *, key: Key | None, **options: Any
+) -> Scores:
+    return obd(apply_fn, params, batch, key=key, **options)
+
+
+def _snip(apply_fn: ApplyFn, params: Params, batch: Any, *, key: Key | None) -> Scores:
+    del key
+    return snip(apply_fn, params, batch)
+
+
+def _grasp(
+    apply_fn: ApplyFn, params: Params, batch: Any, *, key: Key | None, **options: Any
+) -> Scores:
+    del key
+    return grasp(apply_fn, params, batch, **options)
+
+
+def _taylor(
+    apply_fn: ApplyFn, params: Params, batch: Any, *, key: Key | None, **options: Any
+) -> Scores:
+    del key
+    return taylor(apply_fn, params, batch, **options)
+
+
+def _synflow_by_name(
+    apply_fn: ApplyFn, params: Params, batch: Any, *, key: Key | None, **options: Any
+) -> Scores:
+    del key
+    if "input_shape" not in options:
+        if batch is None:
+            raise ValueError(
+                "method 'synflow' needs input_shape=… (or a batch, whose x gives the shape; its "
+                "values are never read)."
+            )
+        options["input_shape"] = tuple(jnp.shape(batch[0]))[1:]
+    return synflow(apply_fn, params, **options)
+
+
+# (name, function, needs a batch, needs a key, accepted options)
+_TABLE: tuple[tuple[str, Callable[..., Scores], bool, bool, frozenset[str]], ...] = (
+    ("obd", _obd, True, False, frozenset({"method", "probes", "chunk_size", "exact_limit"})),
+    ("snip", _snip, True, False, frozenset()),
+    ("grasp", _grasp, True, False, frozenset({"temperature", "prunable"})),
+    ("taylor", _taylor, True, False, frozenset({"microbatches"})),
+    ("synflow", _synflow_by_name, False, False, frozenset({"input_shape", "state", "float64"})),
+    ("magnitude", _magnitude, False, False, frozenset()),
+    ("random", _random, False, True, frozenset()),
+)
+
+METHODS: Mapping[str, Callable[..., Scores]] = types.MappingProxyType(
+    {name: fn for name, fn, *_ in _TABLE}
+)
+"""Read-only registry: method name → ``fn(apply_fn, params, batch, *, key, **options)``."""
+
+_SPEC: Mapping[str, tuple[bool, bool, frozenset[str]]] = types.MappingProxyType(
+    {name: (b, k, o) for name, _, b, k, o in _TABLE}
+)
+
+
+def names() -> tuple[str, ...]:
+    """All saliency method names, for studies that loop over methods.
+
+    Example:
+      >>> from jaxprune import saliency
+      >>> saliency.names()
+      ('obd', 'snip', 'grasp', 'taylor', 'synflow', 'magnitude', 'random')
+    """
+    return tuple(METHODS)
+
+
+def score(
+    name: str,
+    apply_fn: ApplyFn,
+    params: Params,
+    batch: Batch | None = None,
+    *,
+    key: Key | None = None,
+    **options: Any,
+) -> Scores:
+    """Score every weight by saliency method ``name``; higher = keep.
+
+    ``synflow``, ``magnitude`` and ``random`` read no data (``batch`` may be ``None``; ``synflow``
+    takes its ``input_shape`` from ``batch``'s x unless given); ``random`` needs ``key`` and
+    draws leaf ``i`` from ``fold_in(key, i)`` as :func:`jaxprune.criteria.score` does; ``obd``
+    needs ``key`` with ``method="hutchinson"``. A ``key`` given to a method that draws nothing is
+    checked and ignored, so one call shape serves every method.
+
+    Args:
+      name: one of :func:`names` (static).
+      apply_fn: ``apply_fn(params, x) -> logits``.
+      params: the params pytree.
+      batch: ``(x, y)`` for the data-driven methods.
+      key: PRNG key, keyword-only.
+      **options: the method's keyword options (static unless noted there): ``obd``: ``method``,
+        ``probes``, ``chunk_size``, ``exact_limit``; ``grasp``: ``temperature``, ``prunable``;
+        ``taylor``: ``microbatches``; ``synflow``: ``input_shape``, ``state``, ``float64``.
+
+    Returns:
+      float32 scores like ``params``.
+
+    Raises:
+      ValueError: unknown ``name`` or option; a needed ``batch`` or ``key`` missing; bad shapes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import saliency
+      >>> apply_fn = lambda p, x: x @ p["w"]
+      >>> params = {"w": jnp.array([[2.0, -1.0]])}
+      >>> saliency.score("magnitude", apply_fn, params)["w"]
+      Array([[2., 1.]], dtype=float32)
+      >>> saliency.score("synflow", apply_fn, params, input_shape=(1,))["w"]
+      Array([[2., 1.]], dtype=float32)
+    """
+    _checks.check_choice(name, METHODS, name="saliency method")
+    needs_batch, needs_key, accepted = _SPEC[name]
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        takes = ", ".join(sorted(accepted)) or "none"
+        raise ValueError(f"method {name!r} takes no option(s) {unknown}; its options: {takes}.")
+    if needs_batch:
+        _checks.require(batch, name="batch", why=f"by saliency method {name!r}")
+    if needs_key:
+        _checks.require(key, name="key", why=f"by saliency method {name!r}")
+    _checks.check_key(key)
+    _check_apply_fn(apply_fn)
+    _check_params(params)
+    return METHODS[name](apply_fn, params, batch, key=key, **options)
