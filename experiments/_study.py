@@ -198,6 +198,8 @@ def _kind(name: str, hint: Any) -> Callable[[str], Any]:
         return _names
     if hint in (tuple[float, ...],):
         return _floats
+    if hint in (tuple[int, ...],):
+        return _ints
     if hint in (int, int | None):
         return int
     if hint in (float, float | None):
@@ -211,7 +213,18 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in _names(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}.") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of numbers, got {text!r}."
+        ) from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of integers, got {text!r}."
+        ) from None
 
 
 def parser(
