@@ -8,11 +8,13 @@ The pruning core imports jax and numpy only:
 * :mod:`jaxprune.saliency` — model-aware scores (OBD, SNIP, GraSP, Taylor, SynFlow) from a pure
   ``apply_fn(params, x)``;
 * :mod:`jaxprune.reset` — kept-weight resets and pruned-weight values;
+* :mod:`jaxprune.metrics` — params and FLOPs per layer, compression ratio, theoretical speedup;
 * :mod:`jaxprune.schedules` — sparsity as a function of round or step.
 """
 
 from jaxprune import criteria as criteria
 from jaxprune import masks as masks
+from jaxprune import metrics as metrics
 from jaxprune import reset as reset
 from jaxprune import saliency as saliency
 from jaxprune import schedules as schedules
@@ -20,4 +22,13 @@ from jaxprune import select as select
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "criteria", "masks", "reset", "saliency", "schedules", "select"]
+__all__ = [
+    "__version__",
+    "criteria",
+    "masks",
+    "metrics",
+    "reset",
+    "saliency",
+    "schedules",
+    "select",
+]
