@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from jaxprune import masks, models, train
@@ -48,3 +49,32 @@ def test_existing_checkpoint_is_not_overwritten_by_mistake(tmp_path):
 def test_restoring_nothing_names_the_directory(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         checkpoint.restore(tmp_path / "missing", like={"a": np.zeros(2)})
+
+
+def test_train_state_with_batch_norm_statistics_round_trips(tmp_path):
+    """A stacked TrainState of a BN model: params, Adam state, step and running statistics."""
+    nets = [
+        models.instantiate(
+            lambda rngs: models.VGG((4, 4, 1), (2, "pool", 3), 3, hidden=4, rngs=rngs), seed
+        )
+        for seed in range(2)
+    ]
+    forms = [models.stateful(n) for n in nets]
+    steps = train.make_steps(forms[0][0], optax.adam(1e-3), stateful=True)
+    state = train.stack([steps.init(p, s) for _, p, s in forms])
+    # Distinct running statistics per ticket, so that a mix-up would show.
+    state = state._replace(
+        model_state=jax.tree.map(lambda v: v + np.arange(2.0)[:, None] + 0.5, state.model_state)
+    )
+    checkpoint.save(tmp_path / "state", state)
+    back = checkpoint.restore(tmp_path / "state", like=state)
+    assert isinstance(back, train.TrainState)
+    assert jax.tree.structure(back) == jax.tree.structure(state)
+    assert jax.tree.leaves(back.model_state)  # the statistics are there, not dropped
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back), strict=True):
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # A state without model state (the default ()) round-trips too.
+    plain = train.TrainState(state.params, state.opt_state, state.step)
+    checkpoint.save(tmp_path / "plain", plain)
+    assert checkpoint.restore(tmp_path / "plain", like=plain).model_state == ()

@@ -1,5 +1,5 @@
 """Models: parameter counts by hand, shapes, init statistics, functional/vmap equivalence, a numpy
-forward pass, layer names and the prunable-leaf rule."""
+forward pass, layer names and the prunable-leaf rule; batch-norm models and their stateful form."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from tests.helpers import stack
 
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 CONVS = ["conv2", "conv4", "conv6"]
+BN_MODELS = ["resnet20", "resnet56", "vgg11", "vgg16", "vgg16_a", "vgg19"]
+PLAIN = [name for name in models.names() if name not in BN_MODELS]
 
 
 def _leaves(params) -> dict[str, np.ndarray]:
@@ -24,7 +26,7 @@ def _leaves(params) -> dict[str, np.ndarray]:
 
 
 def _build(name: str, shape, seed: int = 0, **kw):
-    if name in CONVS:
+    if name in CONVS or name in BN_MODELS:
         kw.setdefault("width", 0.125)  # narrow: the CPU forward passes stay fast
     return models.build(name, input_shape=shape, num_classes=10, seed=seed, **kw)
 
@@ -112,7 +114,7 @@ def test_width_scales_every_hidden_layer() -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", PLAIN)
 def test_output_shape_for_each_input_shape(name: str, shape) -> None:
     net = _build(name, shape)
     assert net(jnp.zeros((3, *shape))).shape == (3, 10)
@@ -135,9 +137,9 @@ def test_param_paths(name: str, layers: list[str]) -> None:
     assert set(_leaves(params)) == expected
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [*PLAIN, "resnet20", "vgg16"])
 def test_kernels_are_the_only_prunable_leaves_by_default(name: str) -> None:
-    _, params, _ = models.functional(_build(name, (8, 8, 1)))
+    _, params, _ = models.stateful(_build(name, (8, 8, 1)))  # every model; BN scales are 1-D
     prunable = _leaves(masks.is_prunable(params))
     assert prunable == {path: path.endswith("['kernel'].value") for path in prunable}
     for path, leaf in _leaves(params).items():
@@ -212,7 +214,7 @@ def _check_glorot(w: np.ndarray, fan_in: int, fan_out: int) -> None:
     assert abs(frac - 0.28637) < 0.03
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [*PLAIN, "resnet20"])
 def test_biases_start_at_zero_and_seeds_decide_the_weights(name: str) -> None:
     a = _leaves(nnx.state(_build(name, (8, 8, 1), seed=0), nnx.Param))
     b = _leaves(nnx.state(_build(name, (8, 8, 1), seed=0), nnx.Param))
@@ -221,6 +223,8 @@ def test_biases_start_at_zero_and_seeds_decide_the_weights(name: str) -> None:
         np.testing.assert_array_equal(a[path], b[path])
         if "bias" in path:
             assert not a[path].any()
+        elif "['scale']" in path:  # batch-norm scale: a constant (0.5 for VGG convs, else 1)
+            assert set(np.unique(a[path])) <= {0.5, 1.0}
         else:
             assert not np.array_equal(a[path], c[path])
             assert a[path].dtype == np.float32
@@ -287,7 +291,7 @@ def test_lenet_forward_matches_numpy() -> None:
 # ---- the functional form -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", PLAIN)
 def test_functional_apply_equals_the_module(name: str) -> None:
     net = _build(name, (8, 8, 1), seed=4)
     x = jnp.asarray(np.random.default_rng(1).random((5, 8, 8, 1)), jnp.float32)
@@ -341,6 +345,9 @@ def test_unknown_model_lists_the_names() -> None:
         ("mlp", {"hidden": (4, -1)}, r"hidden must be a sequence of positive ints"),
         ("mlp", {"width": 2.0}, r"model 'mlp' does not take option\(s\) \['width'\]"),
         ("conv4", {"hidden": (4,)}, r"does not take option\(s\) \['hidden'\]"),
+        ("resnet20", {"input_shape": (64,)}, r"input_shape must be \(height, width, channels\)"),
+        ("vgg16", {"hidden": (4,)}, r"does not take option\(s\) \['hidden'\]"),
+        ("vgg11", {"conv_grad": "fast"}, r"conv_grad must be one of auto, xla, im2col"),
     ],
 )
 def test_bad_build_arguments(name: str, kwargs: dict, match: str) -> None:
@@ -437,3 +444,340 @@ def test_auto_conv_grad_is_im2col_on_cpu() -> None:
         models.conv_im2col_grad if jax.default_backend() == "cpu" else jax.lax.conv_general_dilated
     )
     assert net.conv1.conv_general_dilated is expected
+
+
+# ---- batch-norm models: VGG and CIFAR ResNet -------------------------------------------------------
+
+
+def _conv_nb(c_in: int, c_out: int) -> int:
+    return 3 * 3 * c_in * c_out  # 3×3 conv without bias (batch norm follows)
+
+
+def _bn(*channels: int) -> int:
+    return sum(2 * c for c in channels)  # scale γ and bias β per channel
+
+
+# VGG-16 on CIFAR-10 with Li et al.'s classifier (Linear 512 → BN → ReLU → Linear 10).
+VGG16_CIFAR = (
+    _conv_nb(3, 64) + _conv_nb(64, 64) + _conv_nb(64, 128) + _conv_nb(128, 128)
+    + _conv_nb(128, 256) + 2 * _conv_nb(256, 256) + _conv_nb(256, 512) + 5 * _conv_nb(512, 512)
+    + _bn(64, 64, 128, 128, 256, 256, 256, *[512] * 6)
+    + _fc(512, 512) + _bn(512) + _fc(512, 10)
+)  # fmt: skip
+# Li et al.'s pruned VGG-16 "A": [32, 64, M, 128, 128, M, 256 ×3, M, 256 ×3, M, 256 ×3].
+VGG16_A_CIFAR = (
+    _conv_nb(3, 32) + _conv_nb(32, 64) + _conv_nb(64, 128) + _conv_nb(128, 128)
+    + _conv_nb(128, 256) + 8 * _conv_nb(256, 256)
+    + _bn(32, 64, 128, 128, *[256] * 9)
+    + _fc(256, 512) + _bn(512) + _fc(512, 10)
+)  # fmt: skip
+# VGG-19 with Network Slimming's classifier (one Linear 512 → 10).
+VGG19_CIFAR = (
+    _conv_nb(3, 64) + _conv_nb(64, 64) + _conv_nb(64, 128) + _conv_nb(128, 128)
+    + _conv_nb(128, 256) + 3 * _conv_nb(256, 256) + _conv_nb(256, 512) + 7 * _conv_nb(512, 512)
+    + _bn(64, 64, 128, 128, *[256] * 4, *[512] * 8)
+    + _fc(512, 10)
+)  # fmt: skip
+
+
+def _resnet_cifar(n: int) -> int:
+    """Stem conv 3→16 + BN; per stage n blocks of two conv+BN; option-A shortcuts: no params."""
+    stem = _conv_nb(3, 16) + _bn(16)
+    stage1 = n * 2 * (_conv_nb(16, 16) + _bn(16))
+    stage2 = _conv_nb(16, 32) + (2 * n - 1) * _conv_nb(32, 32) + 2 * n * _bn(32)
+    stage3 = _conv_nb(32, 64) + (2 * n - 1) * _conv_nb(64, 64) + 2 * n * _bn(64)
+    return stem + stage1 + stage2 + stage3 + _fc(64, 10)
+
+
+def test_bn_hand_counts_are_the_papers_figures() -> None:
+    assert VGG16_CIFAR == 14_710_464 + 8_448 + 262_656 + 1_024 + 5_130 == 14_987_722  # "1.5×10⁷"
+    assert VGG16_A_CIFAR == 5_397_034  # Li et al.: 5.4×10⁶
+    assert VGG19_CIFAR == 20_035_018  # Network-Slimming README: 20.04M
+    assert _resnet_cifar(3) == 432 + 32 + 14_016 + 51_072 + 203_520 + 650 == 269_722  # "0.27M"
+    assert _resnet_cifar(9) == 853_018  # He et al.: 0.85M
+
+
+@pytest.fixture(scope="module")
+def cifar_nets() -> dict:
+    """Paper-width BN models on 32×32×3, built once for the count and init tests."""
+    return {
+        name: models.build(name, input_shape=(32, 32, 3), num_classes=10, seed=3)
+        for name in ("vgg16", "resnet20")
+    }
+
+
+@pytest.mark.parametrize(
+    "name, expected, stats",
+    [
+        ("vgg16", VGG16_CIFAR, 2 * (64 + 64 + 128 + 128 + 3 * 256 + 6 * 512 + 512)),
+        ("resnet20", _resnet_cifar(3), 2 * (16 + 6 * 16 + 6 * 32 + 6 * 64)),
+    ],
+)
+def test_bn_param_count_matches_hand_count(
+    cifar_nets, name: str, expected: int, stats: int
+) -> None:
+    _, params, model_state = models.stateful(cifar_nets[name])
+    assert models.param_count(params) == expected
+    assert models.param_count(model_state) == stats  # running mean and var per BN channel
+
+
+@pytest.mark.parametrize("name, expected", [("vgg16_a", VGG16_A_CIFAR), ("resnet56", 853_018)])
+def test_other_bn_param_counts(name: str, expected: int) -> None:
+    net = models.build(name, input_shape=(32, 32, 3), num_classes=10)
+    assert models.param_count(nnx.state(net, nnx.Param)) == expected
+    assert _logits_shape(net, (2, 32, 32, 3), train=True) == (2, 10)
+
+
+def test_vgg19_param_count_without_drawing_20m_weights() -> None:
+    net = nnx.eval_shape(
+        lambda: models.VGG((32, 32, 3), models.VGG_PLANS["vgg19"], 10, rngs=nnx.Rngs(0))
+    )
+    assert models.param_count(nnx.state(net, nnx.Param)) == VGG19_CIFAR
+
+
+def _logits_shape(net: nnx.Module, x_shape: tuple[int, ...], train: bool) -> tuple[int, ...]:
+    """The output shape of the stateful form, by abstract evaluation (nothing compiled)."""
+    apply_fn, params, model_state = models.stateful(net)
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    return jax.eval_shape(lambda p, s, x: apply_fn(p, s, x, train=train), params, model_state, x)[
+        0
+    ].shape
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    # resnet56 is resnet20 with 9 blocks a stage instead of 3: its CIFAR shape is checked with
+    # its parameter count, at paper width.
+    [(n, s) for n in BN_MODELS if n != "resnet56" for s in SHAPES],
+    ids=str,
+)
+def test_bn_output_shape_for_each_input_shape(name: str, shape) -> None:
+    net = models.build(name, input_shape=shape, num_classes=10, width=0.0625)
+    assert _logits_shape(net, (3, *shape), train=True) == (3, 10)
+    assert _logits_shape(net, (2, 3, *shape), train=False) == (2, 3, 10)  # any leading batch axes
+
+
+def test_bn_models_follow_the_reference_init(cifar_nets) -> None:
+    res, vgg = _leaves(nnx.state(cifar_nets["resnet20"])), _leaves(nnx.state(cifar_nets["vgg16"]))
+    # Convs: N(0, 2 / (9·C_out)), untruncated (PyTorch normal_): ~4.55% of draws beyond 2σ.
+    for name, leaves in (("resnet20", res), ("vgg16", vgg)):
+        for path, w in leaves.items():
+            if "conv" in path and path.endswith("['kernel'].value") and w.size > 30_000:
+                std = math.sqrt(2.0 / (9 * w.shape[-1]))
+                assert abs(w.std() / std - 1) < 0.03, (name, path)
+                assert abs(np.mean(np.abs(w) > 2 * std) - 0.0455) < 0.01, (name, path)
+    # ResNet classifier: Torch's default Linear init U(±1/sqrt(fan_in)), fan_in = 64; bias 0.
+    out = res["['out']['kernel'].value"]
+    assert np.abs(out).max() <= 1 / 8 and np.abs(out).max() > 0.95 / 8
+    assert abs(np.abs(out).mean() - 1 / 16) < 0.01  # E|U(-b, b)| = b / 2
+    # VGG linears: N(0, 0.01²).
+    assert abs(vgg["['fc1']['kernel'].value"].std() / 0.01 - 1) < 0.03
+    # BN: scale 0.5 after VGG convs (Network-Slimming code), 1 elsewhere; bias, mean 0; var 1.
+    for name, leaves in (("resnet20", res), ("vgg16", vgg)):
+        for path, v in leaves.items():
+            if path.endswith("['scale'].value"):
+                want = 0.5 if name == "vgg16" and "fc" not in path else 1.0
+                assert (v == want).all(), path
+            if path.endswith(("['bias'].value", "['mean'].value")):
+                assert not v.any(), path
+            if path.endswith("['var'].value"):
+                assert (v == 1).all(), path
+
+
+def test_laws_draw_what_they_say_when_called_as_flax_initialisers() -> None:
+    # Modules built directly (nnx.Rngs, no instantiate) call the laws themselves.
+    w = np.asarray(models.Law("normal", 2**0.5, "out")(jax.random.key(0), (3, 3, 32, 32)))
+    std = math.sqrt(2 / (9 * 32))
+    assert abs(w.std() / std - 1) < 0.03  # 9216 draws: ~0.7% sampling error
+    assert abs(np.mean(np.abs(w) > 2 * std) - 0.0455) < 0.01  # untruncated
+    assert models.Law("uniform", 1.0, "in").scale((64, 10)) == 1 / 8  # bound 1/sqrt(fan_in)
+    assert (np.asarray(models.Law("constant", 0.5)(jax.random.key(2), (3,))) == 0.5).all()
+    with pytest.raises(ValueError, match="kind must be normal, uniform or constant"):
+        models.Law("gaussian", 1.0)  # type: ignore[arg-type]
+
+
+def test_bn_param_paths_name_the_layers() -> None:
+    _, params, model_state = models.stateful(_build("resnet20", (8, 8, 1)))
+    blocks = [f"['stage{s}']['block{b}']" for s in (1, 2, 3) for b in range(3)]
+    want = {"['stem']['conv']['kernel'].value", "['out']['kernel'].value", "['out']['bias'].value"}
+    want |= {f"['stem']['bn']['{p}'].value" for p in ("scale", "bias")}
+    for block in blocks:
+        want |= {f"{block}['conv1']['kernel'].value", f"{block}['conv2']['kernel'].value"}
+        want |= {f"{block}['bn{i}']['{p}'].value" for i in (1, 2) for p in ("scale", "bias")}
+    assert set(_leaves(params)) == want
+    stats = {p.replace("['scale']", "['mean']") for p in want if "['scale']" in p}
+    stats |= {p.replace("['scale']", "['var']") for p in want if "['scale']" in p}
+    assert set(_leaves(model_state)) == stats
+
+    _, params, _ = models.stateful(_build("vgg16", (8, 8, 1)))
+    layers = {path.split("]")[0] + "]" for path in _leaves(params)}
+    assert layers == {f"['conv{i}']" for i in range(1, 14)} | {
+        f"['bn{i}']" for i in range(1, 14)
+    } | {"['fc1']", "['bn_fc1']", "['out']"}
+
+
+@pytest.mark.parametrize(
+    "name, shape, pools",
+    [
+        ("vgg16", (32, 32, 3), [(2, 2)] * 4),
+        ("vgg16", (8, 8, 1), [(2, 2)] * 3),  # 8 → 4 → 2 → 1; the 4th pool is dropped
+        ("vgg11", (4, 16, 3), [(2, 2), (2, 2), (1, 2), (1, 2)]),  # height 1: pool the width only
+    ],
+)
+def test_vgg_pools_never_shrink_a_side_below_one(name: str, shape, pools) -> None:
+    net = models.build(name, input_shape=shape, num_classes=10, width=0.0625)
+    assert [s for s in net.steps if isinstance(s, tuple)] == pools
+    assert _logits_shape(net, (2, *shape), train=True) == (2, 10)
+
+
+def _np_conv3x3(x: np.ndarray, w: np.ndarray, stride: int = 1) -> np.ndarray:
+    """3×3 cross-correlation, zero padding 1 on every side (PyTorch's padding=1), no bias."""
+    n, h, wd, _ = x.shape
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    out = np.zeros((n, ho, wo, w.shape[-1]))
+    for i in range(ho):
+        for j in range(wo):
+            patch = pad[:, i * stride : i * stride + 3, j * stride : j * stride + 3, :]
+            out[:, i, j, :] = np.einsum("nabc,abcd->nd", patch, w)
+    return out
+
+
+def _np_bn(h: np.ndarray, scale, bias, mean=None, var=None):
+    """Batch norm over every axis but the last; batch statistics (biased variance) when no stats."""
+    axes = tuple(range(h.ndim - 1))
+    batch_mean, batch_var = h.mean(axes), h.var(axes)
+    m, v = (batch_mean, batch_var) if mean is None else (mean, var)
+    return (h - m) / np.sqrt(v + 1e-5) * scale + bias, batch_mean, batch_var
+
+
+def _randomise_bn(net, rng) -> None:
+    """Non-trivial BN scales, biases and running statistics, so that their placement is checked."""
+    for _, bn in nnx.iter_graph(net):
+        if isinstance(bn, nnx.BatchNorm):
+            c = bn.scale.shape[0]
+            bn.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
+            bn.bias[...] = jnp.asarray(rng.normal(size=c), jnp.float32)
+            bn.mean[...] = jnp.asarray(rng.normal(size=c), jnp.float32)
+            bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_vgg_forward_and_running_stats_match_numpy(train: bool) -> None:
+    net = models.instantiate(
+        lambda rngs: models.VGG((5, 7, 2), (3, "pool", 4), 3, hidden=5, rngs=rngs)
+    )
+    rng = np.random.default_rng(0)
+    _randomise_bn(net, rng)
+    net.out.bias[...] = jnp.linspace(-0.3, 0.3, 3)
+    p = {k: np.asarray(v, np.float64) for k, v in _leaves(nnx.state(net)).items()}
+
+    def g(layer: str, part: str) -> np.ndarray:
+        return p[f"['{layer}']['{part}'].value"]
+
+    def bn(h, layer):
+        stats = () if train else (g(layer, "mean"), g(layer, "var"))
+        out, m, v = _np_bn(h, g(layer, "scale"), g(layer, "bias"), *stats)
+        new[layer] = (0.9 * g(layer, "mean") + 0.1 * m, 0.9 * g(layer, "var") + 0.1 * v)
+        return out
+
+    new: dict = {}
+    x = rng.random((6, 5, 7, 2))
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    h = relu(bn(_np_conv3x3(x, g("conv1", "kernel")), "bn1"))
+    h = _np_pool(h)  # 5×7 → 2×3
+    h = relu(bn(_np_conv3x3(h, g("conv2", "kernel")), "bn2"))
+    h = h.mean(axis=(1, 2))  # global average pool
+    h = relu(bn(h @ g("fc1", "kernel") + g("fc1", "bias"), "bn_fc1"))
+    want = h @ g("out", "kernel") + g("out", "bias")
+
+    apply_fn, params, model_state = models.stateful(net)
+    logits, new_state = jax.jit(apply_fn, static_argnames="train")(
+        params, model_state, jnp.asarray(x, jnp.float32), train=train
+    )
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+    got = _leaves(new_state)
+    for layer, (mean, var) in new.items():
+        want_mean, want_var = (mean, var) if train else (g(layer, "mean"), g(layer, "var"))
+        np.testing.assert_allclose(
+            got[f"['{layer}']['mean'].value"], want_mean, rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(got[f"['{layer}']['var'].value"], want_var, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_block_with_option_a_shortcut_matches_numpy() -> None:
+    block = models.instantiate(lambda rngs: models.BasicBlock(2, 3, 2, rngs=rngs), seed=1)
+    rng = np.random.default_rng(2)
+    _randomise_bn(block, rng)
+    p = {k: np.asarray(v, np.float64) for k, v in _leaves(nnx.state(block)).items()}
+    x = rng.normal(size=(4, 5, 5, 2))  # odd sides: the stride-2 conv and the subsampling give 3×3
+
+    def bn(h, layer):
+        return _np_bn(h, p[f"['{layer}']['scale'].value"], p[f"['{layer}']['bias'].value"])[0]
+
+    h = np.maximum(bn(_np_conv3x3(x, p["['conv1']['kernel'].value"], 2), "bn1"), 0)
+    h = bn(_np_conv3x3(h, p["['conv2']['kernel'].value"]), "bn2")
+    shortcut = np.concatenate([x[:, ::2, ::2, :], np.zeros((4, 3, 3, 1))], axis=-1)  # option A
+    want = np.maximum(h + shortcut, 0)
+    apply_fn, params, model_state = models.stateful(block)
+    got, _ = apply_fn(params, model_state, jnp.asarray(x, jnp.float32), train=True)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_stateful_apply_equals_the_module_in_both_modes() -> None:
+    net = models.instantiate(lambda rngs: models.ResNet((6, 6, 1), 1, (2, 3, 4), 10, rngs=rngs), 4)
+    x = jnp.asarray(np.random.default_rng(1).random((5, 6, 6, 1)), jnp.float32)
+    apply_fn, params, model_state = models.stateful(net)
+    logits, new_state = apply_fn(params, model_state, x, train=True)
+    # The model passed in is untouched by apply_fn: still in training mode, statistics at init.
+    assert not _leaves(nnx.state(net, nnx.BatchStat))["['stem']['bn']['mean'].value"].any()
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(net(x)), rtol=1e-5, atol=1e-5)
+    for path, v in _leaves(nnx.state(net, nnx.BatchStat)).items():  # net(x) updated its stats
+        np.testing.assert_allclose(_leaves(new_state)[path], v, rtol=1e-6, atol=1e-7)
+    net.eval()
+    eval_logits, same = apply_fn(params, new_state, x, train=False)
+    assert same is new_state
+    np.testing.assert_allclose(np.asarray(eval_logits), np.asarray(net(x)), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(eval_logits), np.asarray(logits))  # the modes differ
+
+
+def test_stateful_form_of_a_model_without_batch_norm() -> None:
+    net = models.build("mlp", input_shape=(4,), num_classes=3, seed=1)
+    apply_fn, params, model_state = models.stateful(net)
+    assert jax.tree.leaves(model_state) == []
+    x = jnp.ones((2, 4))
+    for train in (True, False):
+        np.testing.assert_array_equal(
+            np.asarray(apply_fn(params, model_state, x, train=train)[0]), np.asarray(net(x))
+        )
+
+
+def test_functional_refuses_batch_norm_and_train_must_be_a_bool() -> None:
+    net = _build("resnet20", (8, 8, 1))
+    with pytest.raises(ValueError, match=r"batch-norm statistics \(\['stage1'\].*models\.stateful"):
+        models.functional(net)
+    apply_fn, params, model_state = models.stateful(net)
+    with pytest.raises(ValueError, match="train must be a Python bool"):
+        apply_fn(params, model_state, jnp.zeros((2, 8, 8, 1)), train=jnp.bool_(True))
+
+
+def test_vmapped_bn_tickets_equal_per_ticket_calls() -> None:
+    nets = [
+        models.instantiate(
+            lambda rngs: models.VGG((8, 8, 1), (4, "pool", 6), 10, hidden=5, rngs=rngs), s
+        )
+        for s in range(3)
+    ]
+    forms = [models.stateful(n) for n in nets]
+    apply_fn = forms[0][0]
+    params, states = stack([f[1] for f in forms]), stack([f[2] for f in forms])
+    x = jnp.asarray(np.random.default_rng(2).random((4, 8, 8, 1)), jnp.float32)
+    one = jax.jit(lambda p, s: apply_fn(p, s, x, train=True))
+    logits, new_states = jax.jit(jax.vmap(one))(params, states)
+    for i, (_, p, s) in enumerate(forms):
+        want_logits, want_state = one(p, s)  # batch statistics of ticket i only
+        np.testing.assert_allclose(
+            np.asarray(logits[i]), np.asarray(want_logits), rtol=1e-5, atol=1e-5
+        )
+        for a, b in zip(jax.tree.leaves(want_state), jax.tree.leaves(new_states), strict=True):
+            np.testing.assert_allclose(np.asarray(b[i]), np.asarray(a), rtol=1e-5, atol=1e-6)

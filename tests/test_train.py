@@ -1,4 +1,5 @@
-"""The training engine against hand-computed steps, per-ticket runs and unsharded runs."""
+"""The training engine against hand-computed steps, per-ticket runs and unsharded runs; models with
+batch norm (running statistics in TrainState.model_state) against numpy and per-ticket runs."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
-from jaxprune import masks, train
+from jaxprune import data, masks, models, train
 
 N_IN, N_HID, N_OUT = 6, 8, 3
 
@@ -328,3 +330,211 @@ def test_bad_inputs_are_rejected_with_the_argument_named():
         train.make_steps(apply_mlp, optax.sgd(0.1), mode="sparse")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="multiple of 8"):
         train.shard_tickets(train.stack([mask_list[0]] * 3), train.ticket_mesh())
+
+
+# ---- models with batch norm: running statistics in TrainState.model_state --------------------------
+
+
+class BNNet(nnx.Module):
+    """fc → batch norm → ReLU → out: the smallest model with running statistics.
+
+    ``fc`` has no bias, as every layer before a batch norm here: BN subtracts the batch mean, so
+    such a bias gets a zero gradient up to rounding, and Adam would blow that noise up to
+    ±lr-sized steps whose signs depend on the summation order (vmapped or not).
+    """
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(N_IN, N_HID, use_bias=False, rngs=rngs)
+        self.bn = nnx.BatchNorm(N_HID, momentum=0.9, use_fast_variance=False, rngs=rngs)
+        self.out = nnx.Linear(N_HID, N_OUT, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.out(jax.nn.relu(self.bn(self.fc(x))))
+
+
+def bn_net(seed: int):
+    """``(apply_fn, params, model_state)`` with non-trivial BN scale, bias and running statistics."""
+    net = models.instantiate(BNNet, seed)
+    rng = np.random.default_rng(seed)
+    net.bn.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, N_HID), jnp.float32)
+    net.bn.bias[...] = jnp.asarray(rng.normal(size=N_HID), jnp.float32)
+    net.bn.mean[...] = jnp.asarray(rng.normal(size=N_HID), jnp.float32)
+    net.bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, N_HID), jnp.float32)
+    return models.stateful(net)
+
+
+def bn_mask(params, seed: int, density: float) -> dict:
+    """A random mask that keeps at least two weights feeding every BN channel.
+
+    A BN channel fed by one kept weight ``w`` is invariant to ``w``'s scale, so ``w``'s gradient is
+    0 up to rounding, and Adam would turn that noise into ±lr steps that differ between compiled
+    programs (vmapped, sharded): keeping two makes the comparisons well conditioned.
+    """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, m: (
+            m.at[:2].set(True) if "['fc']['kernel']" in jax.tree_util.keystr(path) else m
+        ),
+        random_mask(params, seed, density),
+    )
+
+
+def _np(tree) -> dict:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(p): np.asarray(v, np.float64) for p, v in flat}
+
+
+def np_bn_logits(params, model_state, x, train: bool):
+    """numpy forward of BNNet: batch statistics (biased variance) or the running ones."""
+    p, s = _np(params), _np(model_state)
+    h = x @ p["['fc']['kernel'].value"]
+    if train:
+        mean, var = h.mean(0), h.var(0)
+    else:
+        mean, var = s["['bn']['mean'].value"], s["['bn']['var'].value"]
+    h = (h - mean) / np.sqrt(var + 1e-5) * p["['bn']['scale'].value"] + p["['bn']['bias'].value"]
+    logits = np.maximum(h, 0) @ p["['out']['kernel'].value"] + p["['out']['bias'].value"]
+    return logits, mean, var
+
+
+def np_cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    return -logp[np.arange(len(y)), y]
+
+
+def test_bn_train_step_updates_running_stats_by_the_momentum_rule():
+    apply_fn, params, model_state = bn_net(0)
+    steps = train.make_steps(apply_fn, optax.sgd(0.1), stateful=True)
+    x, y = toy_data(16)
+    state = steps.init(params, model_state)
+    new, metrics = jax.jit(steps.train_step)(
+        state, masks.ones(params), (jnp.asarray(x), jnp.asarray(y))
+    )
+    logits, batch_mean, batch_var = np_bn_logits(params, model_state, x.astype(np.float64), True)
+    old, got = _np(model_state), _np(new.model_state)
+    for stat, batch in (("mean", batch_mean), ("var", batch_var)):  # r ← 0.9·r + 0.1·batch
+        want = 0.9 * old[f"['bn']['{stat}'].value"] + 0.1 * batch
+        np.testing.assert_allclose(got[f"['bn']['{stat}'].value"], want, rtol=1e-5, atol=1e-6)
+    # The loss is that of the batch-statistics forward pass; the running ones are not used.
+    np.testing.assert_allclose(metrics["loss"], np_cross_entropy(logits, y).mean(), rtol=1e-5)
+    assert int(new.step) == 1
+    scale = "['bn']['scale'].value"
+    assert not np.allclose(_np(new.params)[scale], _np(params)[scale])  # BN scale is trained
+
+
+def test_bn_evaluate_uses_the_running_statistics():
+    apply_fn, params, model_state = bn_net(1)  # running statistics far from any batch's
+    steps = train.make_steps(apply_fn, optax.adam(1e-2), stateful=True)
+    mask = random_mask(params, 1)
+    xe, ye = toy_data(53, seed=4)  # not a multiple of the eval batch: padding must not count
+    loss, acc = train.evaluate(
+        steps, params, mask, None, jnp.asarray(xe), jnp.asarray(ye),
+        eval_batch=16, model_state=model_state,
+    )  # fmt: skip
+    masked = masks.apply(params, mask)
+    logits, _, _ = np_bn_logits(masked, model_state, xe.astype(np.float64), False)
+    np.testing.assert_allclose(loss, np_cross_entropy(logits, ye).mean(), rtol=1e-5)
+    np.testing.assert_allclose(acc, np.mean(logits.argmax(1) == ye), rtol=1e-6)
+    batch_logits, _, _ = np_bn_logits(masked, model_state, xe.astype(np.float64), True)
+    assert not np.allclose(batch_logits, logits, atol=1e-2)  # batch statistics would differ
+
+
+def test_bn_tickets_vmapped_alone_sharded_pruned_and_never_recompiled():
+    """8 BN tickets with AdamW: vmapped = alone = sharded; pruned weights stay 0; one compile."""
+    assert jax.device_count() == 8, "conftest must force 8 host devices"
+    forms = [bn_net(i) for i in range(8)]
+    steps = train.make_steps(forms[0][0], optax.adamw(1e-2, weight_decay=0.1), stateful=True)
+    mask_list = [bn_mask(f[1], i, density=0.2 + 0.08 * i) for i, f in enumerate(forms)]
+    states = [steps.init(masks.apply(f[1], m), f[2]) for f, m in zip(forms, mask_list, strict=True)]
+    stacked_s, stacked_m = train.stack(states), train.stack(mask_list)
+    keys = jax.random.split(jax.random.key(7), 8)
+    together, hist = _fit(steps, stacked_s, stacked_m, data_key=keys, tickets=True)
+
+    x, y = toy_data()
+    xv, yv = toy_data(40, seed=5)
+    for i, (st, m) in enumerate(zip(states, mask_list, strict=True)):
+        alone, _ = train.train_chunk(
+            steps, st, m, None, jnp.asarray(x), jnp.asarray(y), keys[i], jnp.int32(0),
+            length=30, batch_size=16,
+        )  # fmt: skip
+        ticket = train.unstack(together)[i]
+        chex_close(alone.params, ticket.params, tol=1e-4)
+        chex_close(alone.model_state, ticket.model_state, tol=1e-4)
+        # The last evaluation used ticket i's own running statistics.
+        logits, _, _ = np_bn_logits(ticket.params, ticket.model_state, xv.astype(np.float64), False)
+        want = np_cross_entropy(logits, yv).mean()
+        np.testing.assert_allclose(hist.val_loss[i, -1], want, rtol=1e-4)
+        # Zero mode under AdamW + weight decay: pruned weights exactly 0; kept ones trained.
+        for path, w in _np(ticket.params).items():
+            kept = _np(m)[path] > 0
+            assert np.all(w[~kept] == 0.0), path
+            assert not np.allclose(w[kept], _np(st.params)[path][kept]), path
+        assert _np(m)["['bn']['scale'].value"].all()  # BN scale/bias: all-True masks by default
+    means = _np(together.model_state)["['bn']['mean'].value"]
+    assert not np.allclose(means[0], means[1])  # one set of running statistics per ticket
+    # lax.map over chunks of 4 tickets evaluates each with its own statistics too.
+    loss, _ = train.evaluate(
+        steps, together.params, stacked_m, None, jnp.asarray(xv), jnp.asarray(yv),
+        tickets=True, ticket_batch_size=4, model_state=together.model_state,
+    )  # fmt: skip
+    np.testing.assert_allclose(loss, hist.val_loss[:, -1], rtol=1e-5)
+
+    sharded, h2 = _fit(
+        steps, stacked_s, stacked_m, data_key=keys, tickets=True, mesh=train.ticket_mesh()
+    )
+    assert len(jax.tree.leaves(sharded.model_state)[0].sharding.device_set) == 8
+    chex_close(together.params, sharded.params, tol=1e-4)
+    chex_close(together.model_state, sharded.model_state, tol=1e-4)
+    np.testing.assert_allclose(hist.test_acc, h2.test_acc, atol=1 / 40 + 1e-6)
+
+    sizes = (train.train_chunk._cache_size(), train.evaluate._cache_size())
+    other_masks = train.stack([bn_mask(states[0].params, 50 + i, 0.5) for i in range(8)])
+    x2, y2 = toy_data(seed=9)
+    train.fit(
+        steps, stacked_s, other_masks, (x2, y2), (x2[:40], y2[:40]), (x2[:40], y2[:40]),
+        iterations=30, batch_size=16, eval_every=10,
+        data_key=jax.random.split(jax.random.key(5), 8), tickets=True, progress=False,
+    )  # fmt: skip
+    assert (train.train_chunk._cache_size(), train.evaluate._cache_size()) == sizes
+
+
+def test_bn_steps_reject_missing_or_unexpected_model_state():
+    apply_fn, params, model_state = bn_net(0)
+    stateful = train.make_steps(apply_fn, optax.sgd(0.1), stateful=True)
+    with pytest.raises(ValueError, match="model_state is required for steps built with stateful"):
+        stateful.init(params)
+    state = stateful.init(params, model_state)
+    x, y = toy_data(20)
+    with pytest.raises(
+        ValueError, match="model_state is required for steps built with stateful=True"
+    ):
+        train.evaluate(stateful, state.params, masks.ones(params), None, x, y)
+    plain = train.make_steps(apply_mlp, optax.sgd(0.1))
+    with pytest.raises(ValueError, match="model_state must be None or empty"):
+        plain.init(init_mlp(0), model_state)
+    legacy = train.TrainState(init_mlp(0), (), jnp.int32(0))  # positional, as before
+    assert legacy.model_state == ()
+    with pytest.raises(ValueError, match=r"state\.model_state must be None or empty"):
+        train.fit(
+            plain, legacy._replace(model_state=model_state), masks.ones(init_mlp(0)), (x, y), (x, y),
+            (x, y), iterations=5, batch_size=8, eval_every=5, data_key=jax.random.key(0), progress=False,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    # Compiling a model's training scan is most of the time (~10 s each on 2 CPU cores); vgg11's
+    # fit also runs in docs/training.md, so here it is a slow check (make test-slow).
+    ["resnet20", pytest.param("vgg11", marks=pytest.mark.slow)],
+)
+def test_fit_trains_the_cifar_models_on_digits(name: str):
+    ds = data.load("digits")
+    net = models.build(name, input_shape=ds.input_shape, num_classes=10, width=0.25, seed=0)
+    apply_fn, params, model_state = models.stateful(net)
+    steps = train.make_steps(apply_fn, optax.adam(3e-3), stateful=True)
+    _, hist = train.fit(
+        steps, steps.init(params, model_state), masks.ones(params), ds.train, ds.val, ds.val,
+        iterations=80, batch_size=32, eval_every=40, data_key=jax.random.key(0), progress=False,
+    )  # fmt: skip
+    assert hist.train_loss[1] < hist.train_loss[0] < np.log(10) + 0.5
+    assert hist.val_acc[-1] > 0.5  # evaluated with running statistics after 80 steps

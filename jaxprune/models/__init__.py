@@ -1,7 +1,9 @@
-"""Models of the lottery-ticket papers (Flax NNX), by name, and their pure functional form.
+"""Models of the pruning papers (Flax NNX), by name, and their pure functional forms.
+
+The lottery-ticket models (ReLU everywhere, Glorot-normal kernels, zero biases, no BN):
 
 ======================  ==========================================================================
-name                    architecture (ReLU everywhere, Glorot-normal kernels, zero biases, no BN)
+name                    architecture
 ======================  ==========================================================================
 ``lenet300_100``        flatten → 300 → 100 → classes
 ``conv2``               conv 64, 64, pool → 256, 256 → classes
@@ -10,10 +12,26 @@ name                    architecture (ReLU everywhere, Glorot-normal kernels, ze
 ``mlp``                 flatten → ``hidden`` (default 32) → classes: small, for tests
 ======================  ==========================================================================
 
+The structured-pruning models, with batch norm (conv → BN → ReLU, He-normal convs without bias;
+see :mod:`jaxprune.models._cifar` for the reference codes, init, shortcuts and layer names):
+
+======================  ==========================================================================
+``vgg11``               convs 64, M, 128, M, 256×2, M, 512×2, M, 512×2 → avg pool → classes
+``vgg16``               convs 64×2, M, 128×2, M, 256×3, M, 512×3, M, 512×3 → avg pool → 512 →
+                        BN → classes (Li et al. 2017), 15.0M params on CIFAR-10
+``vgg19``               convs 64×2, M, 128×2, M, 256×4, M, 512×4, M, 512×4 → avg pool → classes
+                        (Network Slimming), 20.0M params
+``vgg16_a``             Li et al.'s pruned VGG-16 "A": convs 32, 64, M, 128×2, M, 256×3, M,
+                        256×3, M, 256×3, classifier as ``vgg16``; 5.4M params
+``resnet20``            He et al.'s CIFAR ResNet, 3 stages × 3 basic blocks of 16/32/64 channels,
+                        option-A (zero-padding) shortcuts; 0.27M params
+``resnet56``            the same with 9 blocks a stage; 0.85M params
+======================  ==========================================================================
+
 Convolutions are 3×3 with SAME padding, pools 2×2 with stride 2; inputs are NHWC batches of any
 ``input_shape`` the model was built for (8×8×1 digits, 28×28×1 MNIST, 32×32×3 CIFAR; the MLPs take
-any shape and flatten it). ``width`` multiplies every hidden width of ``lenet300_100`` and
-``conv*`` (paper width 1.0; a narrow conv net, e.g. ``width=0.25``, is what a CPU can train).
+any shape and flatten it). ``width`` multiplies every hidden width of every model but ``mlp``
+(paper width 1.0; a narrow conv net, e.g. ``width=0.25``, is what a CPU can train).
 On a CPU backend the conv nets compute kernel gradients as im2col matmuls by default
 (``conv_grad="auto"``), because XLA:CPU's own kernel-gradient convolution is an order of magnitude
 slower inside ``lax.scan`` (see :func:`conv_im2col_grad`); values are the same.
@@ -24,10 +42,22 @@ named so that per-layer rates are regexes ``"conv"``, ``"fc"``, ``"out"``:
 * ``lenet300_100`` / ``mlp``: ``['fc1']['kernel'].value``, ``['fc1']['bias'].value``,
   ``['fc2'][…]``, …, ``['out']['kernel'].value``, ``['out']['bias'].value``;
 * ``convK``: ``['conv1']['kernel'].value`` (shape ``(3, 3, in, out)``), ``['conv1']['bias'].value``,
-  … up to ``['convK']``, then ``['fc1']``, ``['fc2']``, ``['out']`` as above.
+  … up to ``['convK']``, then ``['fc1']``, ``['fc2']``, ``['out']`` as above;
+* ``vgg*``: ``['conv1']['kernel'].value`` (no conv bias), ``['bn1']['scale'].value``,
+  ``['bn1']['bias'].value``, …, then ``['out']`` (``vgg16*``: ``['fc1']``, ``['bn_fc1']``,
+  ``['out']``);
+* ``resnet*``: ``['stem']['conv']``, ``['stem']['bn']``, ``['stage1']['block0']['conv1']``,
+  ``[…]['bn1']``, ``[…]['conv2']``, ``[…]['bn2']``, … ``['stage3']['block{n-1}']``, ``['out']``.
 
 Kernels are the only leaves with two or more dimensions, so :mod:`jaxprune.masks`' default rule
-(``ndim >= 2``) prunes exactly the kernels and never a bias.
+(``ndim >= 2``) prunes exactly the kernels and never a bias or a batch-norm scale or bias.
+
+Two pure forms. :func:`functional` gives ``apply_fn(params, x) -> logits`` for models without batch
+norm. :func:`stateful` works for every model and gives ``apply_fn(params, model_state, x, *,
+train) -> (logits, new_model_state)``, ``model_state`` being the batch-norm running statistics
+(``['bn1']['mean'].value``, ``['bn1']['var'].value``, …): batch statistics and updated running
+averages with ``train=True``, the running averages with ``train=False``. Pass it to
+:func:`jaxprune.train.make_steps` with ``stateful=True``.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -41,6 +71,8 @@ Example:
 """
 
 from jaxprune.models._api import REGISTRY as REGISTRY
+from jaxprune.models._api import VGG_PLANS as VGG_PLANS
+from jaxprune.models._api import StatefulApplyFn as StatefulApplyFn
 from jaxprune.models._api import build as build
 from jaxprune.models._api import conv2 as conv2
 from jaxprune.models._api import conv4 as conv4
@@ -51,7 +83,19 @@ from jaxprune.models._api import lenet300_100 as lenet300_100
 from jaxprune.models._api import mlp as mlp
 from jaxprune.models._api import names as names
 from jaxprune.models._api import param_count as param_count
+from jaxprune.models._api import resnet20 as resnet20
+from jaxprune.models._api import resnet56 as resnet56
+from jaxprune.models._api import stateful as stateful
+from jaxprune.models._api import vgg11 as vgg11
+from jaxprune.models._api import vgg16 as vgg16
+from jaxprune.models._api import vgg16_a as vgg16_a
+from jaxprune.models._api import vgg19 as vgg19
+from jaxprune.models._cifar import VGG as VGG
+from jaxprune.models._cifar import BasicBlock as BasicBlock
+from jaxprune.models._cifar import ResNet as ResNet
 from jaxprune.models._conv import conv_im2col_grad as conv_im2col_grad
+from jaxprune.models._init import Law as Law
+from jaxprune.models._init import with_laws as with_laws
 from jaxprune.models._nets import MLP as MLP
 from jaxprune.models._nets import POOL as POOL
 from jaxprune.models._nets import ConvNet as ConvNet
@@ -60,7 +104,13 @@ __all__ = [
     "MLP",
     "POOL",
     "REGISTRY",
+    "VGG",
+    "VGG_PLANS",
+    "BasicBlock",
     "ConvNet",
+    "Law",
+    "ResNet",
+    "StatefulApplyFn",
     "build",
     "conv2",
     "conv4",
@@ -72,4 +122,12 @@ __all__ = [
     "mlp",
     "names",
     "param_count",
+    "resnet20",
+    "resnet56",
+    "stateful",
+    "vgg11",
+    "vgg16",
+    "vgg16_a",
+    "vgg19",
+    "with_laws",
 ]

@@ -12,6 +12,10 @@ recompiles (invariant 6). With ``tickets=True`` every argument carries a leading
 the programs are ``vmap``-ed over it (or run in ``lax.map`` chunks of ``ticket_batch_size``);
 the data are shared by all tickets, and so is the data order unless ``data_keys`` has one key per
 ticket.
+
+Models with batch norm (steps from ``make_steps(..., stateful=True)``) carry their running
+statistics in ``TrainState.model_state``, per ticket like the params: the scan updates them,
+:func:`evaluate` takes them as ``model_state=``, and :func:`fit` passes ``state.model_state``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tqdm.auto import tqdm
 
 from jaxprune import _checks
 from jaxprune._types import Array, Key, Mask, PyTree
+from jaxprune.train import step
 from jaxprune.train.step import Steps, TrainState
 
 __all__ = [
@@ -132,6 +137,7 @@ def _eval_impl(
     params: PyTree,
     mask: Mask,
     frozen: PyTree | None,
+    model_state: PyTree | None,
     x: Array,
     y: Array,
     eval_batch: int,
@@ -143,9 +149,12 @@ def _eval_impl(
     ys = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
     valid = jnp.arange(n_batches * eval_batch) < n
 
+    # Only stateful steps take model_state (other Steps, e.g. supermask's, do not know it).
+    extra = {"model_state": model_state} if steps.stateful else {}
+
     def one(args: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         xb, yb, vb = args
-        out = steps.eval_step(params, mask, (xb, yb), frozen, vb)
+        out = steps.eval_step(params, mask, (xb, yb), frozen, vb, **extra)
         return out["loss"], out["correct"]
 
     split = (
@@ -218,19 +227,24 @@ def evaluate(
     eval_batch: int = 1000,
     tickets: bool = False,
     ticket_batch_size: int | None = None,
+    model_state: PyTree | None = None,
 ) -> tuple[Array, Array]:
     """Mean cross-entropy and accuracy of the masked network on ``(x, y)``, in batches.
 
-    Returns ``(loss, accuracy)`` scalars, or ``(tickets,)`` arrays with ``tickets=True``.
+    ``model_state`` (e.g. ``state.model_state``; stacked with ``tickets=True``) is required for
+    stateful steps — the model is evaluated with its running statistics — and must be ``None`` or
+    empty otherwise. Returns ``(loss, accuracy)`` scalars, or ``(tickets,)`` arrays with
+    ``tickets=True``.
     """
+    step.check_model_state(steps.stateful, model_state, name="model_state")
     if not tickets:
-        return _eval_impl(steps, params, mask, frozen, x, y, eval_batch)
+        return _eval_impl(steps, params, mask, frozen, model_state, x, y, eval_batch)
     fn = _vectorise(
-        lambda p, m, f, xx, yy: _eval_impl(steps, p, m, f, xx, yy, eval_batch),
-        (0, 0, 0, None, None),
+        lambda p, m, f, s, xx, yy: _eval_impl(steps, p, m, f, s, xx, yy, eval_batch),
+        (0, 0, 0, 0, None, None),
         ticket_batch_size,
     )
-    return fn(params, mask, frozen, x, y)
+    return fn(params, mask, frozen, model_state, x, y)
 
 
 def fit(
@@ -257,7 +271,8 @@ def fit(
 
     Args:
       steps: from :func:`jaxprune.train.make_steps`.
-      state: a :class:`TrainState` (stacked over tickets when ``tickets=True``).
+      state: a :class:`TrainState` (stacked over tickets when ``tickets=True``), with the
+        model's running statistics in ``state.model_state`` for stateful steps.
       mask: the mask (stacked likewise).
       train, val, test: ``(x, y)`` arrays; put on the device once and shared by all tickets.
       iterations: total training steps; ``eval_every``: steps between evaluations.
@@ -283,6 +298,7 @@ def fit(
             f"batch_size must be at most the {n_train} training examples, got {batch_size}."
         )
     _checks.check_mask(mask, state.params)
+    step.check_model_state(steps.stateful, state.model_state, name="state.model_state")
     if frozen is not None:
         _checks.check_like(frozen, state.params, name="frozen")
     put = (
@@ -315,8 +331,11 @@ def fit(
                 **common,
             )
             done += length
-            v = evaluate(steps, state.params, mask, frozen, xv, yv, eval_batch=eval_batch, **common)
-            t = evaluate(steps, state.params, mask, frozen, xs, ys, eval_batch=eval_batch, **common)
+            ev = {"eval_batch": eval_batch, **common}
+            if steps.stateful:
+                ev["model_state"] = state.model_state
+            v = evaluate(steps, state.params, mask, frozen, xv, yv, **ev)
+            t = evaluate(steps, state.params, mask, frozen, xs, ys, **ev)
             records.append((done, jnp.mean(losses, axis=-1), *v, *t))
             jax.block_until_ready(losses)
             bar.update(length)

@@ -13,6 +13,13 @@ Two masking modes (ARCHITECTURE invariant 5):
 The mask (and ``frozen``) is an argument of every step, never hidden in optimizer state, so one
 compiled step serves every mask, and rewinding is just passing other params.
 
+Models with state (batch norm): build the steps with ``stateful=True`` from
+``apply_fn(params, model_state, x, *, train) -> (logits, new_model_state)`` (e.g.
+:func:`jaxprune.models.stateful`). The running statistics then live in
+``TrainState.model_state``: ``train_step`` runs the model in training mode (batch statistics) and
+keeps the updated running statistics; ``eval_step(..., model_state=)`` runs it in evaluation mode
+(running statistics). Masks cover ``params`` only; the model state is never masked or optimised.
+
 Example:
   >>> import jax, jax.numpy as jnp, optax
   >>> from jaxprune import masks
@@ -32,7 +39,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +51,10 @@ from jaxprune._types import Array, Mask, Params, PyTree
 __all__ = [
     "MODES",
     "Batch",
+    "StatefulApplyFn",
     "Steps",
     "TrainState",
+    "check_model_state",
     "cross_entropy",
     "effective_params",
     "make_steps",
@@ -55,24 +64,35 @@ MODES = ("zero", "forward")
 Mode = Literal["zero", "forward"]
 Batch = tuple[Array, Array]
 ApplyFn = Callable[[Params, Array], Array]
+StatefulApplyFn = Callable[..., tuple[Array, PyTree]]
+"""``apply_fn(params, model_state, x, *, train: bool) -> (logits, new_model_state)``."""
 LossFn = Callable[[Array, Array], Array]
 
 
 class TrainState(NamedTuple):
-    """What changes during training, for one ticket (or, stacked, for many)."""
+    """What changes during training, for one ticket (or, stacked, for many).
+
+    ``model_state`` is the model's non-trained state — batch-norm running statistics — or ``()``
+    for a model without any (the default, so ``TrainState(params, opt_state, step)`` still works).
+    """
 
     params: Params
     opt_state: optax.OptState
     step: Array
+    model_state: PyTree = ()
 
 
 class Steps(NamedTuple):
-    """The pure functions of one training setup (hashable: usable as a static jit argument)."""
+    """The pure functions of one training setup (hashable: usable as a static jit argument).
 
-    init: Callable[[Params], TrainState]
+    ``stateful``: whether ``eval_step`` takes (and the engine passes) ``model_state=``.
+    """
+
+    init: Callable[..., TrainState]
     train_step: Callable[..., tuple[TrainState, dict[str, Array]]]
     eval_step: Callable[..., dict[str, Array]]
     mode: str
+    stateful: bool = False
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
@@ -98,52 +118,113 @@ def effective_params(
     return jax.tree.map(lambda p, m, f: jnp.where(m, p, f.astype(p.dtype)), params, mask, frozen)
 
 
+def check_model_state(stateful: bool, model_state: PyTree | None, *, name: str) -> None:
+    """Raise unless ``model_state`` suits steps built with ``stateful``.
+
+    Stateful steps need it (the batch-norm running statistics); other steps take ``None`` or an
+    empty tree.
+    """
+    if stateful and model_state is None:
+        raise ValueError(
+            f"{name} is required for steps built with stateful=True (the batch-norm running "
+            "statistics: the third value of jaxprune.models.stateful(model), or "
+            "state.model_state), got None."
+        )
+    if not stateful and model_state is not None and jax.tree.leaves(model_state):
+        raise ValueError(
+            f"{name} must be None or empty for steps built with stateful=False, got a tree with "
+            f"{len(jax.tree.leaves(model_state))} leaves; build the steps with "
+            "make_steps(..., stateful=True) from jaxprune.models.stateful(model)."
+        )
+
+
 def _mask_tree(tree: PyTree, mask: Mask) -> PyTree:
     return jax.tree.map(lambda t, m: jnp.where(m, t, jnp.zeros_like(t)), tree, mask)
 
 
 def make_steps(
-    apply_fn: ApplyFn,
+    apply_fn: ApplyFn | StatefulApplyFn,
     optimizer: optax.GradientTransformation,
     *,
     mode: Mode = "zero",
     loss_fn: LossFn = cross_entropy,
+    stateful: bool = False,
 ) -> Steps:
     """Build ``init``, ``train_step(state, mask, batch, frozen=None)`` and ``eval_step``.
 
     Args:
       apply_fn: pure ``apply_fn(params, x) -> logits`` (e.g. from
-        :func:`jaxprune.models.functional`).
+        :func:`jaxprune.models.functional`), or with ``stateful=True``
+        ``apply_fn(params, model_state, x, *, train) -> (logits, new_model_state)`` (e.g. from
+        :func:`jaxprune.models.stateful`).
       optimizer: any optax transformation (Adam, SGD with momentum, weight decay, schedules...).
       mode: ``"zero"`` or ``"forward"`` (see the module docstring).
       loss_fn: ``loss_fn(logits, labels) -> scalar``; default :func:`cross_entropy`.
+      stateful: whether ``apply_fn`` has the stateful signature (models with batch norm).
 
     Returns:
-      :class:`Steps`. ``train_step`` returns ``(new_state, {"loss": ...})``; ``eval_step(params,
-      mask, batch, frozen=None, valid=None)`` returns the summed softmax cross-entropy ``loss``
-      and ``correct`` count over the batch rows where ``valid`` (sums, so that the batches of an
-      evaluation add up exactly; the eval loss is cross-entropy whatever ``loss_fn`` is).
+      :class:`Steps`. ``init(params, model_state=None)`` (``model_state`` required when
+      ``stateful``) gives the :class:`TrainState`. ``train_step`` returns ``(new_state, {"loss":
+      ...})``, the model run with ``train=True`` and ``new_state.model_state`` its updated state.
+      ``eval_step(params, mask, batch, frozen=None, valid=None, *, model_state=None)`` runs it with
+      ``train=False`` and returns the summed softmax cross-entropy ``loss`` and ``correct`` count
+      over the batch rows where ``valid`` (sums, so that the batches of an evaluation add up
+      exactly; the eval loss is cross-entropy whatever ``loss_fn`` is).
+
+    Example (``stateful=True``; a toy model whose state is a running mean of its inputs, as batch
+    norm keeps one):
+      >>> import jax.numpy as jnp, optax
+      >>> def apply_fn(p, s, x, *, train):
+      ...     mean = jnp.mean(x, 0) if train else s["mean"]
+      ...     new = {"mean": 0.9 * s["mean"] + 0.1 * jnp.mean(x, 0)} if train else s
+      ...     return (x - mean[None]) @ p["w"], new
+      >>> steps = make_steps(apply_fn, optax.sgd(0.1), stateful=True)
+      >>> state = steps.init({"w": jnp.ones((3, 2))}, {"mean": jnp.zeros(3)})
+      >>> mask, batch = {"w": jnp.ones((3, 2), bool)}, (jnp.ones((4, 3)), jnp.array([0, 1, 0, 1]))
+      >>> state, _ = steps.train_step(state, mask, batch)
+      >>> state.model_state["mean"]
+      Array([0.1, 0.1, 0.1], dtype=float32)
+      >>> sorted(steps.eval_step(state.params, mask, batch, model_state=state.model_state))
+      ['correct', 'loss']
     """
     _checks.check_choice(mode, MODES, name="mode")
 
-    def init(params: Params) -> TrainState:
-        return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    def forward(params: Params, model_state: PyTree, x: Array, train: bool) -> tuple[Array, PyTree]:
+        if stateful:
+            return cast(StatefulApplyFn, apply_fn)(params, model_state, x, train=train)
+        return cast(ApplyFn, apply_fn)(params, x), model_state
 
-    def loss_of(params: Params, mask: Mask, frozen: PyTree | None, batch: Batch) -> Array:
+    def init(params: Params, model_state: PyTree | None = None) -> TrainState:
+        check_model_state(stateful, model_state, name="model_state")
+        return TrainState(
+            params,
+            optimizer.init(params),
+            jnp.zeros((), jnp.int32),
+            () if model_state is None else model_state,
+        )
+
+    def loss_of(
+        params: Params, model_state: PyTree, mask: Mask, frozen: PyTree | None, batch: Batch
+    ) -> tuple[Array, PyTree]:
         x, y = batch
-        return loss_fn(apply_fn(effective_params(params, mask, frozen, mode), x), y)
+        logits, model_state = forward(
+            effective_params(params, mask, frozen, mode), model_state, x, True
+        )
+        return loss_fn(logits, y), model_state
 
     def train_step(
         state: TrainState, mask: Mask, batch: Batch, frozen: PyTree | None = None
     ) -> tuple[TrainState, dict[str, Array]]:
-        loss, grads = jax.value_and_grad(loss_of)(state.params, mask, frozen, batch)
+        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            state.params, state.model_state, mask, frozen, batch
+        )
         grads = _mask_tree(grads, mask)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, _mask_tree(updates, mask))
         if mode == "zero":
             # Exactly zero, whatever the optimizer did (e.g. decoupled weight decay).
             params = _mask_tree(params, mask)
-        return TrainState(params, opt_state, state.step + 1), {"loss": loss}
+        return TrainState(params, opt_state, state.step + 1, model_state), {"loss": loss}
 
     def eval_step(
         params: Params,
@@ -151,14 +232,19 @@ def make_steps(
         batch: Batch,
         frozen: PyTree | None = None,
         valid: Array | None = None,
+        *,
+        model_state: PyTree | None = None,
     ) -> dict[str, Array]:
+        check_model_state(stateful, model_state, name="model_state")
         x, y = batch
         # Evaluation always sees m·w + (1-m)·frozen (frozen=None: zeros), so an untrained or
         # unmasked params tree evaluates as the masked network it stands for.
-        logits = apply_fn(effective_params(params, mask, frozen, "forward"), x)
+        logits, _ = forward(
+            effective_params(params, mask, frozen, "forward"), model_state, x, False
+        )
         losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
         correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
         w = jnp.ones_like(losses) if valid is None else valid.astype(losses.dtype)
         return {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w)}
 
-    return Steps(init, train_step, eval_step, mode)
+    return Steps(init, train_step, eval_step, mode, stateful)
