@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench clean
+.PHONY: run test test-slow lint bench bench-structured clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 || true
 	$(PY) -m benchmarks.engine
+
+# Masked vs compacted VGG-16 inference (docs/structured.md), about a minute.
+bench-structured: $(STAMP)
+	$(PY) -m benchmarks.structured
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,7 +9,9 @@ The pruning core imports jax and numpy only:
   ``apply_fn(params, x)``;
 * :mod:`jaxprune.reset` — kept-weight resets and pruned-weight values;
 * :mod:`jaxprune.metrics` — params and FLOPs per layer, compression ratio, theoretical speedup;
-* :mod:`jaxprune.schedules` — sparsity as a function of round or step.
+* :mod:`jaxprune.schedules` — sparsity as a function of round or step;
+* :mod:`jaxprune.structured` — channel groups, filter / BN-scale scores and compaction into a
+  smaller model (flax is imported only when a model is read or built).
 """
 
 from jaxprune import criteria as criteria
@@ -19,6 +21,7 @@ from jaxprune import reset as reset
 from jaxprune import saliency as saliency
 from jaxprune import schedules as schedules
 from jaxprune import select as select
+from jaxprune import structured as structured
 
 __version__ = "0.1.0"
 
@@ -31,4 +34,5 @@ __all__ = [
     "saliency",
     "schedules",
     "select",
+    "structured",
 ]
