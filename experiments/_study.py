@@ -35,6 +35,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import argparse
 import dataclasses
 import functools
+import json
 import shutil
 import time
 import typing
@@ -148,46 +149,92 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(filter(None, (p.strip() for p in text.split(","))))
 
 
-def validate(cfg: Config) -> None:
-    """Raise ``ValueError`` for any bad setting, before anything is trained."""
+# The Conv-k settings of the lottery-ticket papers (RESEARCH.md §1): per-round conv rate, Adam
+# learning rate, training iterations; fc layers 20%, the output layer 10%, 20 rounds.
+CIFAR_CONV = {
+    "conv2": (0.1, 2e-4, 20_000),
+    "conv4": (0.1, 3e-4, 25_000),
+    "conv6": (0.15, 3e-4, 30_000),
+}
 
-    def fail(name: str, expected: str, got: Any) -> None:
-        raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {got!r}.")
 
-    for name in ("iterations", "batch_size", "eval_every", "seeds"):
-        if getattr(cfg, name) < 1:
-            fail(name, "a positive integer", getattr(cfg, name))
-    for name in ("levels", "supermask_iterations", "rewind_iteration"):
-        if getattr(cfg, name) < 0:
-            fail(name, "an integer ≥ 0", getattr(cfg, name))
-    if cfg.rewind_iteration >= cfg.iterations:
-        fail("rewind_iteration", f"below --iterations ({cfg.iterations})", cfg.rewind_iteration)
-    for name in ("lr", "supermask_lr"):
-        if not getattr(cfg, name) > 0:
-            fail(name, "> 0", getattr(cfg, name))
-    if cfg.supermask_batch_size < 1:
-        fail("supermask_batch_size", "a positive integer", cfg.supermask_batch_size)
-    for pattern, rate in (*cfg.rates, ("(default)", cfg.default_rate)):
-        if not 0.0 <= rate < 1.0:
-            fail("rates", f"rates in [0, 1) (pattern {pattern!r})", rate)
-    for name, allowed in (
-        ("criteria", criteria.names()),
-        ("kept", reset.kept_names()),
-        ("pruned", reset.pruned_names()),
-        ("controls", CONTROLS),
-    ):
-        values = getattr(cfg, name)
-        if not values and name != "controls":
-            fail(name, f"a non-empty list from {allowed}", ",".join(values))
-        for v in values:
-            if v not in allowed:
-                fail(name, f"a comma list from {allowed}", v)
-    if cfg.grid not in GRIDS:
-        fail("grid", f"one of {GRIDS}", cfg.grid)
+def cifar_preset(model: str, **overrides: Any) -> Config:
+    """A CIFAR-10 Conv-k preset with the papers' settings; ``overrides`` set the rest."""
+    conv_rate, lr, iterations = CIFAR_CONV[model]
+    return Config(
+        preset=f"cifar10_{model}",
+        dataset="cifar10",
+        model=model,
+        levels=20,
+        rates=(("conv", conv_rate), ("out", 0.1)),
+        default_rate=0.2,
+        iterations=iterations,
+        lr=lr,
+        eval_every=1000,
+        **overrides,
+    )
+
+
+def fail(name: str, expected: str, got: Any) -> None:
+    """Raise the ``ValueError`` of a bad setting: ``--name must be <expected>, got <got>.``"""
+    raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {got!r}.")
+
+
+def check_at_least(cfg: Any, low: int, *names: str) -> None:
+    """Every named integer setting is at least ``low`` (1: positive, 0: not negative)."""
+    for name in names:
+        if getattr(cfg, name) < low:
+            fail(
+                name,
+                "a positive integer" if low == 1 else f"an integer ≥ {low}",
+                getattr(cfg, name),
+            )
+
+
+def check_names(cfg: Any, name: str, allowed: Sequence[str], *, empty_ok: bool = False) -> None:
+    """A comma-list setting holds only ``allowed`` names (and at least one unless ``empty_ok``)."""
+    values = getattr(cfg, name)
+    if not values and not empty_ok:
+        fail(name, f"a non-empty comma list from {tuple(allowed)}", ",".join(values))
+    for v in values:
+        if v not in allowed:
+            fail(name, f"a comma list from {tuple(allowed)}", v)
+
+
+def check_common(cfg: Any) -> None:
+    """The settings every study has: dataset, model, learning rate, training lengths."""
+    check_at_least(cfg, 1, "iterations", "batch_size", "eval_every", "seeds")
+    if not cfg.lr > 0:
+        fail("lr", "> 0", cfg.lr)
     if cfg.dataset not in data.names():
         fail("dataset", f"one of {data.names()}", cfg.dataset)
     if cfg.model not in models.names():
         fail("model", f"one of {models.names()}", cfg.model)
+
+
+def validate(cfg: Config) -> None:
+    """Raise ``ValueError`` for any bad setting, before anything is trained."""
+    check_common(cfg)
+    check_at_least(cfg, 0, "levels", "supermask_iterations", "rewind_iteration")
+    check_at_least(cfg, 1, "supermask_batch_size")
+    if cfg.rewind_iteration >= cfg.iterations:
+        fail("rewind_iteration", f"below --iterations ({cfg.iterations})", cfg.rewind_iteration)
+    if not cfg.supermask_lr > 0:
+        fail("supermask_lr", "> 0", cfg.supermask_lr)
+    for pattern, rate in (*cfg.rates, ("(default)", cfg.default_rate)):
+        if not 0.0 <= rate < 1.0:
+            fail("rates", f"rates in [0, 1) (pattern {pattern!r})", rate)
+    check_names(cfg, "criteria", criteria.names())
+    check_names(cfg, "kept", reset.kept_names())
+    check_names(cfg, "pruned", reset.pruned_names())
+    check_names(cfg, "controls", CONTROLS, empty_ok=True)
+    if cfg.grid not in GRIDS:
+        fail("grid", f"one of {GRIDS}", cfg.grid)
+
+
+def config_json(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (tuples as lists), for the run store."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def _kind(name: str, hint: Any) -> Callable[[str], Any]:

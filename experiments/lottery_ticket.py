@@ -28,6 +28,7 @@ pass ``--data-dir`` (a missing dataset stops the run before training, saying so)
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,28 +70,14 @@ def mnist_lenet() -> Config:
     )
 
 
-def _cifar(model: str, conv_rate: float, lr: float, iterations: int) -> Config:
-    return Config(
-        preset=f"cifar10_{model}",
-        dataset="cifar10",
-        model=model,
-        levels=20,
-        rates=(("conv", conv_rate), ("out", 0.1)),
-        default_rate=0.2,
-        iterations=iterations,
-        lr=lr,
-        eval_every=1000,
-        seeds=5,
-        controls=CONTROLS,
-    )
+def _cifar(model: str) -> Config:
+    return _study.cifar_preset(model, seeds=5, controls=CONTROLS)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
     "quick": quick,
     "mnist_lenet": mnist_lenet,
-    "cifar10_conv2": lambda: _cifar("conv2", 0.1, 2e-4, 20_000),
-    "cifar10_conv4": lambda: _cifar("conv4", 0.1, 3e-4, 25_000),
-    "cifar10_conv6": lambda: _cifar("conv6", 0.15, 3e-4, 30_000),
+    **{f"cifar10_{m}": functools.partial(_cifar, m) for m in _study.CIFAR_CONV},
 }
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -78,7 +77,7 @@ class Config:
     data_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return _study.config_json(self)
 
 
 HELP = {
@@ -99,37 +98,18 @@ HELP = {
 
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` for any bad setting, before anything is trained."""
-
-    def fail(name: str, expected: str, got: Any) -> None:
-        raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {got!r}.")
-
-    for name in ("iterations", "retrain_iterations", "batch_size", "eval_every", "seeds"):
-        if getattr(cfg, name) < 1:
-            fail(name, "a positive integer", getattr(cfg, name))
-    for name in ("probes", "score_examples"):
-        if getattr(cfg, name) < 1:
-            fail(name, "a positive integer", getattr(cfg, name))
-    if cfg.levels < 0:
-        fail("levels", "an integer ≥ 0", cfg.levels)
+    _study.check_common(cfg)
+    _study.check_at_least(cfg, 1, "retrain_iterations", "probes", "score_examples")
+    _study.check_at_least(cfg, 0, "levels")
     if not 0.0 < cfg.rate < 1.0:
-        fail("rate", "a fraction in (0, 1)", cfg.rate)
-    if not cfg.lr > 0:
-        fail("lr", "> 0", cfg.lr)
-    if not cfg.methods:
-        fail("methods", f"a non-empty comma list from {METHODS}", "")
-    for m in cfg.methods:
-        if m not in METHODS:
-            fail("methods", f"a comma list from {METHODS}", m)
+        _study.fail("rate", "a fraction in (0, 1)", cfg.rate)
+    _study.check_names(cfg, "methods", METHODS)
     if cfg.scope not in SCOPES:
-        fail("scope", f"one of {SCOPES}", cfg.scope)
+        _study.fail("scope", f"one of {SCOPES}", cfg.scope)
     if cfg.hessian not in saliency.OBD_METHODS:
-        fail("hessian", f"one of {saliency.OBD_METHODS}", cfg.hessian)
+        _study.fail("hessian", f"one of {saliency.OBD_METHODS}", cfg.hessian)
     if any(h < 1 for h in cfg.hidden):
-        fail("hidden", "positive widths", ",".join(map(str, cfg.hidden)))
-    if cfg.dataset not in data.names():
-        fail("dataset", f"one of {data.names()}", cfg.dataset)
-    if cfg.model not in models.names():
-        fail("model", f"one of {models.names()}", cfg.model)
+        _study.fail("hidden", "positive widths", ",".join(map(str, cfg.hidden)))
 
 
 def quick() -> Config:

@@ -29,7 +29,6 @@ density; an interrupted run started again resumes), ``state/`` (the masks, orbax
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -76,7 +75,7 @@ class Config:
     data_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return _study.config_json(self)
 
 
 HELP = {
@@ -97,40 +96,24 @@ HELP = {
 
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` for any bad setting, before anything is trained."""
-
-    def fail(name: str, expected: str, got: Any) -> None:
-        raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {got!r}.")
-
-    for name in ("iterations", "batch_size", "eval_every", "seeds", "per_class"):
-        if getattr(cfg, name) < 1:
-            fail(name, "a positive integer", getattr(cfg, name))
-    for name in ("synflow_rounds", "obd_probes", "taylor_microbatches"):
-        if getattr(cfg, name) < 1:
-            fail(name, "a positive integer", getattr(cfg, name))
-    for name in ("lr", "grasp_temperature"):
-        if not getattr(cfg, name) > 0:
-            fail(name, "> 0", getattr(cfg, name))
+    _study.check_common(cfg)
+    _study.check_at_least(
+        cfg, 1, "per_class", "synflow_rounds", "obd_probes", "taylor_microbatches"
+    )
+    if not cfg.grasp_temperature > 0:
+        _study.fail("grasp_temperature", "> 0", cfg.grasp_temperature)
     if cfg.per_class % cfg.taylor_microbatches:
-        fail("taylor_microbatches", f"a divisor of --per-class ({cfg.per_class})",
-             cfg.taylor_microbatches)  # fmt: skip
+        _study.fail("taylor_microbatches", f"a divisor of --per-class ({cfg.per_class})",
+                    cfg.taylor_microbatches)  # fmt: skip
     if cfg.obd_hessian not in saliency.OBD_METHODS:
-        fail("obd_hessian", f"one of {saliency.OBD_METHODS}", cfg.obd_hessian)
-    for name, allowed in (("methods", METHODS), ("scopes", SCOPES)):
-        values = getattr(cfg, name)
-        if not values:
-            fail(name, f"a non-empty comma list from {allowed}", "")
-        for v in values:
-            if v not in allowed:
-                fail(name, f"a comma list from {allowed}", v)
+        _study.fail("obd_hessian", f"one of {saliency.OBD_METHODS}", cfg.obd_hessian)
+    _study.check_names(cfg, "methods", METHODS)
+    _study.check_names(cfg, "scopes", SCOPES)
     if not cfg.densities:
-        fail("densities", "a non-empty comma list of numbers in (0, 1]", "")
+        _study.fail("densities", "a non-empty comma list of numbers in (0, 1]", "")
     for d in cfg.densities:
         if not 0.0 < d <= 1.0:
-            fail("densities", "numbers in (0, 1]", d)
-    if cfg.dataset not in data.names():
-        fail("dataset", f"one of {data.names()}", cfg.dataset)
-    if cfg.model not in models.names():
-        fail("model", f"one of {models.names()}", cfg.model)
+            _study.fail("densities", "numbers in (0, 1]", d)
 
 
 def quick() -> Config:
