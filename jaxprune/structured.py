@@ -90,6 +90,7 @@ __all__ = [
     "compact",
     "compacted_param_count",
     "element_mask",
+    "scratch",
     "select_channels",
     "slimming_penalty",
 ]
@@ -635,20 +636,50 @@ def compact(
     return Compacted(small, out_params, out_rest)
 
 
+def scratch(model: nnx.Module, keep: Mapping[str, ArrayLike], *, seed: int = 0) -> nnx.Module:
+    """The compacted architecture of :func:`compact`, freshly initialised from ``seed``.
+
+    The baseline of Liu et al. (2019), "Rethinking the Value of Network Pruning": Scratch-E and
+    Scratch-B train the pruned architecture from a new random initialisation instead of the
+    inherited weights. Every weight is drawn from its layer's own law at the *smaller* shapes
+    (:func:`jaxprune.models.instantiate`), so fan-in scaled initialisations see the pruned
+    widths, exactly as building that architecture by hand would; BN scales start at their
+    model's constant and running statistics at 0 / 1.
+
+    Args:
+      model: the dense model (only its structure is used).
+      keep: concrete keep vectors ``{group name: bool[size]}`` (see :func:`select_channels`).
+      seed: initialisation seed.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import models, structured
+      >>> net = models.vgg11((8, 8, 3), 10, width=0.0625)
+      >>> keep = {g.name: jnp.arange(g.size) % 2 == 0 for g in structured.channel_groups(net)}
+      >>> fresh = structured.scratch(net, keep, seed=1)
+      >>> fresh.conv1.kernel.shape == structured.compact(net, keep).model.conv1.kernel.shape
+      True
+    """
+    from jaxprune import models
+
+    counts = _kept_counts(keep, channel_groups(model))
+    return models.instantiate(lambda rngs: _smaller(model, counts, rngs), seed=seed)
+
+
 def _conv_grad(conv: Any) -> str:
     from jaxprune.models import _conv
 
     return "im2col" if conv.conv_general_dilated is _conv.conv_im2col_grad else "xla"
 
 
-def _smaller(model: Any, counts: Mapping[str, int]) -> Any:
-    """The model's class rebuilt with the kept widths (called under ``nnx.eval_shape``)."""
+def _smaller(model: Any, counts: Mapping[str, int], rngs: Any = None) -> Any:
+    """The model's class rebuilt with the kept widths (under ``nnx.eval_shape`` or ``instantiate``)."""
     from flax import nnx
 
     from jaxprune import models
     from jaxprune.models import _cifar
 
-    rngs = nnx.Rngs(0)
+    rngs = nnx.Rngs(0) if rngs is None else rngs
     classes = int(model.out.kernel.shape[-1])
     if isinstance(model, models.MLP):
         hidden = [counts[n] for n in model.dense_names]

@@ -261,3 +261,28 @@ def test_scoring_and_selection_under_jit() -> None:
         )
         masks.validate(mask, params)
     assert len(traces) == 1
+
+
+def test_scratch_is_the_pruned_architecture_drawn_like_a_model_built_by_hand() -> None:
+    """Li et al.'s VGG-16-A is VGG-16 with conv1 and conv8-13 halved: pruning VGG-16 to it and
+    re-initialising (Scratch-E/B) must give exactly ``models.build("vgg16_a")`` at the same seed,
+    with He fan-out kernels at the *smaller* shapes and fresh BN statistics."""
+    net = models.build("vgg16", input_shape=(32, 32, 3), num_classes=10, width=0.25, seed=0)
+    groups = structured.channel_groups(net)
+    half = {"conv1"} | {f"conv{i}" for i in range(8, 14)}
+    keep = {
+        g.name: jnp.arange(g.size) < (g.size // 2 if g.name in half else g.size) for g in groups
+    }
+    fresh = models.stateful(structured.scratch(net, keep, seed=3))
+    ref = models.stateful(
+        models.build("vgg16_a", input_shape=(32, 32, 3), num_classes=10, width=0.25, seed=3)
+    )
+    assert jax.tree.structure(fresh[1]) == jax.tree.structure(ref[1])
+    for a, b in zip(jax.tree.leaves(fresh[1:]), jax.tree.leaves(ref[1:]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    compacted = structured.compact(net, keep)
+    assert models.param_count(fresh[1]) == models.param_count(compacted.params)
+    # A different seed draws different weights of the same shapes.
+    other = models.stateful(structured.scratch(net, keep, seed=4))[1]
+    k3, k4 = fresh[1]["conv9"]["kernel"][...], other["conv9"]["kernel"][...]
+    assert k3.shape == k4.shape == (3, 3, 64, 64) and not np.allclose(k3, k4)
