@@ -134,13 +134,13 @@ def _parse_rates(text: str) -> tuple[tuple[str, float], ...]:
         pattern, sep, value = part.rpartition("=")
         if not sep or not pattern:
             raise argparse.ArgumentTypeError(
-                f"--rates expects 'pattern=rate,...', got {part!r} in {text!r}."
+                f"expected 'pattern=rate,...', got {part!r} in {text!r}."
             )
         try:
             out.append((pattern, float(value)))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--rates expects a number after '=', got {value!r} in {text!r}."
+                f"expected a number after '=', got {value!r} in {text!r}."
             ) from None
     return tuple(out)
 
@@ -239,7 +239,7 @@ def config_json(cfg: Any) -> dict[str, Any]:
 
 def _kind(name: str, hint: Any) -> Callable[[str], Any]:
     """How the command line parses a config field, from its type hint."""
-    if name == "rates":
+    if name == "rates" or hint in (tuple[tuple[str, float], ...],):
         return _parse_rates
     if hint in (tuple[str, ...],):
         return _names

@@ -21,6 +21,9 @@ def _modules() -> list[str]:
     names = ["jaxprune"]
     for info in pkgutil.walk_packages(jaxprune.__path__, prefix="jaxprune."):
         names.append(info.name)
+    # The studies' helpers have examples too (experiments/ is a package beside jaxprune/).
+    names += sorted(f"experiments.{p.stem}" for p in (ROOT / "experiments").glob("[!_]*.py"))
+    names += sorted(f"experiments.{p.stem}" for p in (ROOT / "experiments").glob("_[!_]*.py"))
     return names
 
 

@@ -115,6 +115,8 @@ def _like(cfg: _study.Config, n: int) -> dict:
     return {"mask": jax.vmap(masks.ones)(params), "final": params}
 
 
+# The tfds loaders are tested in test_data.py; the whole study on mocked mnist is a slow check.
+@pytest.mark.slow
 def test_lottery_ticket_on_mocked_mnist(tmp_path, capsys):
     argv = [
         "--preset", "mnist_lenet", "--out", str(tmp_path), "--levels", "1", "--seeds", "1",
@@ -128,6 +130,8 @@ def test_lottery_ticket_on_mocked_mnist(tmp_path, capsys):
     assert len(rows) == 1 * 3 * 2 and {r["dataset"] for r in rows} == {"mnist"}
 
 
+# The tfds loaders are tested in test_data.py; the whole study on mocked mnist is a slow check.
+@pytest.mark.slow
 def test_deconstructing_on_mocked_mnist(tmp_path, capsys):
     argv = [
         "--preset", "mnist_fc", "--out", str(tmp_path), "--levels", "1", "--seeds", "1",
@@ -150,7 +154,7 @@ def test_deconstructing_on_mocked_mnist(tmp_path, capsys):
         (["--rates", "out=1.5"], "--rates must be rates in [0, 1)"),
         (["--levels", "-1"], "--levels must be an integer ≥ 0, got -1"),
         (["--kept", "rewinding"], "--kept must be a comma list from"),
-        (["--rates", "out"], "--rates expects 'pattern=rate,...'"),
+        (["--rates", "out"], "argument --rates: expected 'pattern=rate,...'"),
         (["--dataset", "imagenet"], "--dataset must be one of"),
         (["--dataset", "mnist"], "tfds build mnist"),
     ],
