@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import engine
+from benchmarks import engine, structured
 
 SECTIONS = {
     "machine",
@@ -29,6 +29,8 @@ SECTIONS = {
 }
 
 
+# The tiny engine run still compiles every variant (~30-50 s on 2 cores), so the checks of its
+# report are `make test-slow` checks; the by-hand FLOP count below stays in `make test`.
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
     return engine.run(engine.TINY)
@@ -42,6 +44,7 @@ def _numbers(tree: Any, path: str = "") -> Iterator[tuple[str, float]]:
         yield path, tree
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_is_plain_json(report: dict[str, Any]) -> None:
     assert SECTIONS <= set(report)
     assert json.loads(json.dumps(report)) == report
@@ -51,6 +54,7 @@ def test_report_has_every_section_and_is_plain_json(report: dict[str, Any]) -> N
         assert report["torch_reason"]
 
 
+@pytest.mark.slow
 def test_rates_and_ratios_are_positive(report: dict[str, Any]) -> None:
     checked = 0
     for section in ("masked_vs_dense", "tickets", "scan_vs_loop", "flops", "torch"):
@@ -60,6 +64,7 @@ def test_rates_and_ratios_are_positive(report: dict[str, Any]) -> None:
     assert checked > 20
 
 
+@pytest.mark.slow
 def test_every_ticket_count_has_sequential_and_vmap(report: dict[str, Any]) -> None:
     for n in engine.TINY.ticket_counts:
         fig = report["tickets"][str(n)]
@@ -67,12 +72,14 @@ def test_every_ticket_count_has_sequential_and_vmap(report: dict[str, Any]) -> N
         assert fig["best"] in fig["speedup_vs_sequential"]
 
 
+@pytest.mark.slow
 def test_targets_name_value_and_verdict(report: dict[str, Any]) -> None:
     for name, t in report["targets"].items():
         assert set(t) == {"value", "target", "met"}, name
         assert (t["met"] is None) == (t["value"] is None), name
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_reports_accuracy(report: dict[str, Any]) -> None:
     tta = report["time_to_accuracy"]
     assert 0 < tta["final_test_acc"] <= 1
@@ -83,3 +90,15 @@ def test_lenet_flops_by_hand() -> None:
     s = engine.setup()
     forward = 2 * engine.BATCH * (64 * 300 + 300 * 100 + 100 * 10)
     assert engine.lenet_train_flops(s.params) == 3 * forward
+
+
+@pytest.mark.slow
+def test_structured_benchmark_reports_masked_and_compacted() -> None:
+    out = structured.run(width=0.0625, batch=4, reps=1, rates=(0.5,))
+    assert json.loads(json.dumps(out)) == out
+    (row,) = out["results"]
+    assert row["params_compacted"] < row["params_dense"]
+    # Theoretical speedup = dense FLOPs / compacted FLOPs, as the row's own counts say.
+    assert row["theoretical_speedup"] == pytest.approx(row["flops_dense"] / row["flops_compacted"])
+    for key in ("seconds_dense", "seconds_masked", "seconds_compacted"):
+        assert math.isfinite(row[key]) and row[key] > 0
