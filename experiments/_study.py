@@ -332,6 +332,36 @@ def config_from_args(
     return cfg, args
 
 
+def cli(
+    argv: Sequence[str] | None,
+    description: str,
+    presets: Mapping[str, Callable[[], C]],
+    *,
+    help: Mapping[str, str],
+    check: Callable[[C], None],
+    run: Callable[..., Path],
+    report: Callable[[Path, C], Mapping[str, Path]],
+) -> int:
+    """The whole command line of a study: parse and check the settings, ``run(cfg, out=,
+    progress=)``, ``report(folder, cfg)``, then print ``summary.md`` and where everything is.
+
+    A missing dataset or a setting only the run can judge (a ``ValueError``) ends as a CLI error
+    (exit 2, the message, no trace); rows already committed stay.
+    """
+    p = parser(description, presets, help=help)
+    cfg, args = config_from_args(p, argv, presets, check=check)
+    try:
+        folder = run(cfg, out=args.out, progress=not args.no_progress)
+    except (data.DatasetNotAvailableError, ValueError) as e:
+        p.error(str(e))
+    paths = report(folder, cfg)
+    print((folder / "summary.md").read_text())
+    print(f"results in {folder}")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
 # ---- tickets ---------------------------------------------------------------------------------
 
 

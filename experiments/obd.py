@@ -337,20 +337,9 @@ def report(folder: Path, cfg: Config) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _study.parser(__doc__ or "", PRESETS, help=HELP)
-    cfg, args = _study.config_from_args(p, argv, PRESETS, check=validate)
-    try:
-        folder = run(cfg, out=args.out, progress=not args.no_progress)
-    except data.DatasetNotAvailableError as e:
-        p.error(str(e))
-    except ValueError as e:  # e.g. the exact Hessian asked of a model above its size limit
-        p.error(str(e))
-    paths = report(folder, cfg)
-    print((folder / "summary.md").read_text())
-    print(f"results in {folder}")
-    for name, path in paths.items():
-        print(f"  {name}: {path}")
-    return 0
+    return _study.cli(
+        argv, __doc__ or "", PRESETS, help=HELP, check=validate, run=run, report=report
+    )
 
 
 if __name__ == "__main__":
