@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -83,8 +82,11 @@ def optimizer(
 def set_lr(state: train.TrainState, lr: float) -> train.TrainState:
     """The same state with every ticket's learning rate set to ``lr``."""
     n = int(jax.tree.leaves(state.params)[0].shape[0])
-    opt_state = optax.tree_utils.tree_set(state.opt_state, learning_rate=jnp.full((n,), lr))
-    return state._replace(opt_state=opt_state)
+    # A committed float32 array (not a weakly typed one): every phase then hits the same
+    # compiled training program.
+    rate = jax.device_put(np.full((n,), lr, np.float32), jax.devices()[0])
+    opt_state = optax.tree_utils.tree_set(state.opt_state, learning_rate=rate)
+    return state._replace(opt_state=jax.device_put(opt_state, jax.devices()[0]))
 
 
 @functools.lru_cache(maxsize=64)
@@ -189,7 +191,9 @@ def join(parts: Sequence[tuple[int, train.History]]) -> train.History:
 
 
 def init_state(s: train.Steps, nets: Nets) -> train.TrainState:
-    return jax.vmap(s.init)(nets.params, nets.model_state)
+    """Stacked fresh train states, placed on the first device like the states fits return."""
+    state = jax.jit(jax.vmap(s.init))(nets.params, nets.model_state)
+    return jax.device_put(state, jax.devices()[0])
 
 
 def test_accuracy(s: train.Steps, state: train.TrainState, ds: data.Dataset) -> np.ndarray:
