@@ -60,6 +60,8 @@ def _topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return out.reshape(scores.shape)
 
 
+# ~35 s; every saliency and selector it uses is tested directly in test_saliency.py.
+@pytest.mark.slow
 def test_pruning_at_init_end_to_end(tmp_path, capsys):
     argv = [
         *TINY, "--out", str(tmp_path), "--seeds", "2", "--densities", "1,0.1,0.001",

@@ -173,6 +173,8 @@ def _units(folder: Path) -> list[str]:
     return sorted(p.name for p in (folder / "rows").glob("*.jsonl")) if folder.exists() else []
 
 
+# ~30 s: a subprocess killed mid-run; the resume path also runs in the rethinking/early_bird tests.
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path):
     args = [
         "-m", "experiments.lottery_ticket", "--levels", "3", "--seeds", "1", "--iterations", "200",

@@ -238,6 +238,8 @@ def test_vmapped_tickets_equal_tickets_trained_alone():
     assert not np.allclose(a["fc"]["kernel"], b["fc"]["kernel"])
 
 
+# ~12 s; sharding over host devices is also checked in test_train.py.
+@pytest.mark.slow
 def test_sharded_tickets_equal_unsharded():
     steps, states, mask_list, weights = _tickets(8)
     args = (train.stack(states), train.stack(mask_list), train.stack(weights))

@@ -524,8 +524,9 @@ def test_bn_steps_reject_missing_or_unexpected_model_state():
 @pytest.mark.parametrize(
     "name",
     # Compiling a model's training scan is most of the time (~10 s each on 2 CPU cores); vgg11's
-    # fit also runs in docs/training.md, so here it is a slow check (make test-slow).
-    ["resnet20", pytest.param("vgg11", marks=pytest.mark.slow)],
+    # fit runs in docs/training.md and BN training in test_bn_tickets_* and the rethinking and
+    # early-bird tests, so these are slow checks (make test-slow).
+    [pytest.param(n, marks=pytest.mark.slow) for n in ("resnet20", "vgg11")],
 )
 def test_fit_trains_the_cifar_models_on_digits(name: str):
     ds = data.load("digits")
