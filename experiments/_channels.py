@@ -223,11 +223,3 @@ def ticket(tree: Any, i: int) -> Any:
 def arch_key(keep: dict[str, Any]) -> tuple[tuple[str, int], ...]:
     """The kept width of every group: tickets with equal keys share an architecture."""
     return tuple(sorted((n, int(np.sum(np.asarray(v)))) for n, v in keep.items()))
-
-
-def hamming(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """Normalised Hamming distance between two channel masks: the fraction of channels that differ
-    (You et al. 2020's mask distance)."""
-    diff = sum(int(np.sum(np.asarray(a[n]) != np.asarray(b[n]))) for n in a)
-    total = sum(int(np.size(a[n])) for n in a)
-    return diff / total

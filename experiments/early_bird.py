@@ -359,8 +359,7 @@ def _search(
     — ratio-major —, the dense history and the steps each seed took.
     """
     s = _channels.steps(nets.apply_fn, cfg.momentum, cfg.weight_decay, cfg.penalty)
-    # Committed to one device like every later state, so the first chunk reuses their program.
-    state = jax.device_put(_channels.init_state(s, nets), jax.devices()[0])
+    state = _channels.init_state(s, nets)
     draw = mask_drawer(scored)
     n_seeds, n_ratios = cfg.seeds, len(cfg.ratios)
     history: list[np.ndarray] = []
@@ -547,7 +546,7 @@ def _retrain(ctx: _Ctx, search: Search, tickets: Any, r: int, arm: str,
         apply_fn = apply_of.setdefault(arch, models.stateful(modules[0])[0])
         nets = _channels.Nets(modules, apply_fn, train.stack(params), train.stack(states))
         steps = _channels.steps(apply_fn, cfg.momentum, cfg.weight_decay, cfg.retrain_penalty)
-        state = jax.device_put(_channels.init_state(steps, nets), jax.devices()[0])
+        state = _channels.init_state(steps, nets)
         phases = remaining(_channels.schedule(cfg.iterations, cfg.lr, ctx.every), start)
         if phases:
             state, hist = _channels.fit(

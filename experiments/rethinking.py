@@ -33,7 +33,8 @@ Presets (``--preset``; any setting can be overridden, see ``--help``):
 
 * ``quick`` — digits, VGG-11 (BN) at width 1/8, both methods at 50% and 75% of channels, 2 seeds,
   600 iterations (fine-tuning 200); the slimming penalty raised to ``s = 5e-3`` so that the BN
-  scales become sparse within 600 steps. About 5–10 minutes on 2 CPU cores.
+  scales become sparse within 600 steps. About 10 minutes on 2 CPU cores (11 min measured while
+  another job shared them).
   ``python -m experiments.rethinking``.
 * ``cifar10_vgg16`` — Li et al.'s VGG-16 → VGG-16-A: conv1 and conv8–13 lose half their
   filters, the others none (``--l1-rates``); the pruned architecture is exactly

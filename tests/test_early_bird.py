@@ -2,7 +2,7 @@
 
 Checked against numbers computed another way: the rule against a brute-force copy of the
 official FIFO (``EarlyBird`` in GATECH-EIC/Early-Bird-Tickets ``main.py``), distances against
-numpy loops and ``_channels.hamming``, the continued schedule against a per-iteration expansion,
+numpy loops and ``masks.hamming``, the continued schedule against a per-iteration expansion,
 the saved masks against a numpy global threshold of the snapshot's |γ|, compacted sizes against
 ``structured.compacted_param_count`` and FLOPs counted by hand from the kept widths.
 """
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from experiments import _channels, early_bird
+from jaxprune import masks as jmasks
 from jaxprune import models, results, structured, train
 
 # 400 validation examples, as many as the test set: one evaluation program serves both.
@@ -96,7 +97,7 @@ def test_distance_matrix_matches_numpy_and_hamming():
         for j in range(7):
             assert d[i, j] == np.count_nonzero(masks[i] != masks[j]) / 23
             split = {"a": masks[i, :5], "b": masks[i, 5:]}, {"a": masks[j, :5], "b": masks[j, 5:]}
-            assert d[i, j] == pytest.approx(_channels.hamming(*split))
+            assert d[i, j] == pytest.approx(float(jmasks.hamming(*split)))
     with pytest.raises(ValueError, match=r"\[K, C\]"):
         early_bird.distance_matrix(masks[0])
 
