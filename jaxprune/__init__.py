@@ -7,6 +7,7 @@ The pruning core imports jax and numpy only:
 * :mod:`jaxprune.select` — exact layerwise / global / structured / N:M selection;
 * :mod:`jaxprune.saliency` — model-aware scores (OBD, SNIP, GraSP, Taylor, SynFlow) from a pure
   ``apply_fn(params, x)``;
+* :mod:`jaxprune.hessian` — Hessian diagonals of a loss (exact, Hutchinson, Gauss-Newton), for OBD;
 * :mod:`jaxprune.reset` — kept-weight resets and pruned-weight values;
 * :mod:`jaxprune.metrics` — params and FLOPs per layer, compression ratio, theoretical speedup;
 * :mod:`jaxprune.schedules` — sparsity as a function of round or step;
@@ -15,6 +16,7 @@ The pruning core imports jax and numpy only:
 """
 
 from jaxprune import criteria as criteria
+from jaxprune import hessian as hessian
 from jaxprune import masks as masks
 from jaxprune import metrics as metrics
 from jaxprune import reset as reset
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "criteria",
+    "hessian",
     "masks",
     "metrics",
     "reset",

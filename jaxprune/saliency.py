@@ -21,6 +21,8 @@ name           score (per weight :math:`\theta_q`)             source
 ``random``     :math:`U[0, 1)` from ``key``                    baseline
 =============  ==============================================  =================================
 
+OBD's Hessian diagonals (exact, Hutchinson, Gauss-Newton) come from :mod:`jaxprune.hessian`.
+
 Scores are float32 pytrees with the params' structure and leaf shapes, for every leaf —
 biases included; which leaves may be *pruned* is decided by the selector's ``prunable`` rule
 (kernels only by default), exactly as for criteria. A NaN in the params (or a NaN loss) gives NaN
@@ -55,9 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
-from jaxprune import _checks, criteria, masks, schedules, select
+from jaxprune import _checks, criteria, hessian, masks, schedules, select
 from jaxprune._types import Array, ArrayLike, Key, Mask, Params, Prunable, PyTree, Scores
 
 __all__ = [
@@ -81,76 +82,23 @@ __all__ = [
     "taylor",
 ]
 
-ApplyFn: TypeAlias = Callable[..., Array]
-"""``apply_fn(params, x) -> logits`` of shape ``[batch, classes]`` (pure, e.g.
-:func:`jaxprune.models.functional`)."""
-Batch: TypeAlias = tuple[ArrayLike, ArrayLike]
-"""``(x, y)``: inputs with a leading batch axis and integer class labels of shape ``[batch]``."""
+ApplyFn: TypeAlias = hessian.ApplyFn
+Batch: TypeAlias = hessian.Batch
 
-EXACT_LIMIT = 20_000
-"""Default ``exact_limit`` of :func:`hessian_diagonal`: the exact diagonal costs one
-Hessian-vector product per parameter, so above this many parameters it refuses."""
+EXACT_LIMIT = hessian.EXACT_LIMIT
+"""Default ``exact_limit`` of :func:`obd` (:data:`jaxprune.hessian.EXACT_LIMIT`)."""
 
-HESSIAN_METHODS = ("exact", "hutchinson")
-OBD_METHODS = (*HESSIAN_METHODS, "gauss_newton")
-"""How :func:`obd` takes the Hessian diagonal: :func:`hessian_diagonal`'s two methods, or
-:func:`gauss_newton_diagonal`."""
+OBD_METHODS = (*hessian.HESSIAN_METHODS, "gauss_newton")
+"""How :func:`obd` takes the Hessian diagonal: :func:`jaxprune.hessian.hessian_diagonal`'s two
+methods, or :func:`jaxprune.hessian.gauss_newton_diagonal`."""
+
+# The Hessian estimators live in jaxprune.hessian; these names keep old callers working.
+HESSIAN_METHODS = hessian.HESSIAN_METHODS
+hessian_diagonal = hessian.hessian_diagonal
+gauss_newton_diagonal = hessian.gauss_newton_diagonal
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_apply_fn(apply_fn: Any) -> None:
-    if not callable(apply_fn):
-        raise ValueError(
-            f"apply_fn must be a callable apply_fn(params, x) -> logits, got "
-            f"{type(apply_fn).__name__}; for a Flax NNX model use jaxprune.models.functional(model)[0]."
-        )
-
-
-def _check_params(params: Params) -> None:
-    leaves = _checks.leaves_with_paths(params)
-    if not leaves:
-        raise ValueError("params has no leaves; pass the model's params pytree.")
-    for path, leaf in leaves:
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"params{path} must be a float array, got "
-                f"{getattr(dtype, 'name', type(leaf).__name__)}{list(np.shape(leaf))}."
-            )
-
-
-def _check_batch(batch: Any, *, name: str = "batch") -> tuple[Array, Array]:
-    """``(x, y)`` with a shared leading axis and integer labels ``[B]``; returns them as arrays."""
-    if not isinstance(batch, tuple | list) or len(batch) != 2:
-        raise ValueError(
-            f"{name} must be a pair (x, y) of inputs and integer labels, got "
-            f"{type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
-            + "."
-        )
-    x, y = jnp.asarray(batch[0]), jnp.asarray(batch[1])
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(
-            f"{name}[0] (x) must have a non-empty leading batch axis, got shape {list(x.shape)}."
-        )
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise ValueError(
-            f"{name}[1] (y) must hold integer class labels, got {y.dtype.name}{list(y.shape)}; "
-            "for one-hot labels pass y.argmax(-1)."
-        )
-    if y.shape != (x.shape[0],):
-        raise ValueError(
-            f"{name}[1] (y) must have shape [{x.shape[0]}] (one label per example of x), got "
-            f"{list(y.shape)}."
-        )
-    return x, y
-
-
-def _check_positive_int(value: Any, *, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int (static), got {value!r}.")
 
 
 def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
@@ -176,21 +124,6 @@ def _check_positive(value: Any, *, name: str) -> None:
 # ----------------------------------------------------------------------------- the loss
 
 
-def _f32(tree: PyTree) -> PyTree:
-    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree)
-
-
-def _logits(apply_fn: ApplyFn, params: Params, x: Array) -> Array:
-    logits = apply_fn(params, x)
-    shape = tuple(jnp.shape(logits))
-    if len(shape) != 2 or shape[0] != x.shape[0]:
-        raise ValueError(
-            f"apply_fn(params, x) must return logits of shape [batch, classes] = "
-            f"[{x.shape[0]}, C] for x of shape {list(x.shape)}, got {list(shape)}."
-        )
-    return logits
-
-
 def _cross_entropy(logits: Array, y: Array) -> Array:
     """Mean softmax cross-entropy with integer labels (as :func:`jaxprune.train.cross_entropy`)."""
     if not _checks.is_traced(y):
@@ -209,207 +142,9 @@ def _loss_fn(
     apply_fn: ApplyFn, x: Array, y: Array, temperature: ArrayLike = 1.0
 ) -> Callable[[Params], Array]:
     def loss(params: Params) -> Array:
-        return _cross_entropy(_logits(apply_fn, params, x) / temperature, y)
+        return _cross_entropy(hessian._logits(apply_fn, params, x) / temperature, y)
 
     return loss
-
-
-def _prepare(apply_fn: ApplyFn, params: Params, batch: Any) -> tuple[Params, Array, Array]:
-    _check_apply_fn(apply_fn)
-    _check_params(params)
-    x, y = _check_batch(batch)
-    return _f32(params), x, y
-
-
-# ----------------------------------------------------------------------------- Hessian diagonal
-
-
-def _scalar_loss(loss_fn: Callable[[Params], Array]) -> Callable[[Params], Array]:
-    def checked(params: Params) -> Array:
-        out = loss_fn(params)
-        if jnp.shape(out) != ():
-            raise ValueError(
-                f"loss_fn(params) must return a scalar, got shape {list(jnp.shape(out))}; "
-                "reduce it, e.g. with jnp.mean."
-            )
-        return out
-
-    return checked
-
-
-def hessian_diagonal(
-    loss_fn: Callable[[Params], Array],
-    params: Params,
-    *,
-    method: Literal["exact", "hutchinson"] = "exact",
-    probes: int = 100,
-    key: Key | None = None,
-    chunk_size: int = 128,
-    exact_limit: int = EXACT_LIMIT,
-) -> PyTree:
-    r"""The diagonal :math:`h_{qq} = \partial^2 L / \partial\theta_q^2` of the Hessian of ``loss_fn``.
-
-    ``exact``: :math:`h_{qq} = (H e_q)_q`, one forward-over-reverse Hessian-vector product
-    (``jax.linearize`` of ``jax.grad``, linearised once) per parameter :math:`q`, ``chunk_size``
-    of them vmapped at a time. It costs :math:`n` HVPs for :math:`n` parameters, so it is for
-    small models: above ``exact_limit`` parameters it raises.
-
-    ``hutchinson``: the unbiased estimate (Bekas et al. 2007)
-
-    .. math::  \hat h = \frac1P \sum_{p=1}^{P} z_p \odot H z_p,
-               \qquad z_p \in \{-1, +1\}^n \text{ Rademacher},
-
-    with :math:`P` = ``probes`` drawn from ``key``; its error per entry falls as
-    :math:`\sqrt{\sum_{j \ne q} h_{qj}^2 / P}`. Probes are summed in chunks of ``chunk_size``
-    (memory ``chunk_size`` × n).
-
-    Args:
-      loss_fn: pure ``loss_fn(params) -> scalar``.
-      params: a pytree of float arrays.
-      method: ``"exact"`` or ``"hutchinson"`` (static).
-      probes: number of Rademacher probes for ``hutchinson`` (static).
-      key: PRNG key (``jax.random.key``); required by ``hutchinson``.
-      chunk_size: HVPs evaluated together (static); trades memory for speed.
-      exact_limit: the most parameters ``exact`` accepts (static).
-
-    Returns:
-      A float32 pytree like ``params``: the diagonal, leaf by leaf.
-
-    Raises:
-      ValueError: unknown ``method``; ``exact`` on more than ``exact_limit`` parameters;
-        ``hutchinson`` without ``key``; a non-scalar loss; non-float params.
-
-    Example — the Hessian of :math:`\sum_i a_i w_i^2 + w_0 w_1` has diagonal :math:`2a`:
-      >>> import jax, jax.numpy as jnp
-      >>> from jaxprune import saliency
-      >>> a = jnp.array([1.0, 2.0, 3.0])
-      >>> loss = lambda p: jnp.sum(a * p["w"] ** 2) + p["w"][0] * p["w"][1]
-      >>> saliency.hessian_diagonal(loss, {"w": jnp.ones(3)})["w"]
-      Array([2., 4., 6.], dtype=float32)
-      >>> est = saliency.hessian_diagonal(loss, {"w": jnp.ones(3)}, method="hutchinson",
-      ...                                 probes=64, key=jax.random.key(0))
-      >>> bool(jnp.allclose(est["w"], 2 * a, atol=0.5))
-      True
-    """
-    _checks.check_choice(method, HESSIAN_METHODS, name="method")
-    _check_params(params)
-    _check_positive_int(chunk_size, name="chunk_size")
-    _checks.check_key(key)
-    flat, unravel = ravel_pytree(_f32(params))
-    n = flat.shape[0]
-    loss = _scalar_loss(loss_fn)
-
-    def flat_grad(v: Array) -> Array:
-        return ravel_pytree(jax.grad(loss)(unravel(v)))[0]
-
-    if method == "exact":
-        _check_positive_int(exact_limit, name="exact_limit")
-        if n > exact_limit:
-            raise ValueError(
-                f"hessian_diagonal(method='exact') needs one Hessian-vector product per "
-                f"parameter: params have {n} > exact_limit={exact_limit}. Use "
-                "method='hutchinson' (probes=, key=) for a model this size, or raise "
-                "exact_limit if you can afford it."
-            )
-        _, hvp = jax.linearize(flat_grad, flat)
-
-        def column_entry(q: Array) -> Array:  # (H e_q)_q
-            return hvp(jax.nn.one_hot(q, n, dtype=flat.dtype))[q]
-
-        diag = lax.map(column_entry, jnp.arange(n), batch_size=min(chunk_size, n))
-        return unravel(diag)
-
-    _check_positive_int(probes, name="probes")
-    _checks.require(key, name="key", why="by method='hutchinson' (it draws the probes)")
-    assert key is not None
-    _, hvp = jax.linearize(flat_grad, flat)
-    chunk = min(chunk_size, probes)
-    n_chunks = -(-probes // chunk)
-    keys = jax.random.split(key, n_chunks * chunk).reshape(n_chunks, chunk)
-    # Probes past `probes` (padding of the last chunk) get weight 0.
-    weights = (jnp.arange(n_chunks * chunk) < probes).astype(flat.dtype).reshape(n_chunks, chunk)
-
-    def one(k: Key) -> Array:
-        z = jax.random.rademacher(k, (n,), jnp.int32).astype(flat.dtype)
-        return z * hvp(z)
-
-    def body(total: Array, chunk_in: tuple[Key, Array]) -> tuple[Array, None]:
-        ks, w = chunk_in
-        return total + jnp.sum(jax.vmap(one)(ks) * w[:, None], axis=0), None
-
-    total, _ = lax.scan(body, jnp.zeros_like(flat), (keys, weights))
-    return unravel(total / probes)
-
-
-def gauss_newton_diagonal(
-    apply_fn: ApplyFn, params: Params, batch: Batch, *, chunk_size: int = 64
-) -> PyTree:
-    r"""Diagonal of the Gauss-Newton matrix of the mean softmax cross-entropy on ``batch``.
-
-    With logits :math:`z_i = f(	heta, x_i)`, Jacobians :math:`J_i = \partial z_i/\partial	heta`
-    and softmax :math:`p_i`, the Hessian of the loss splits into
-    :math:`G = rac1N \sum_i J_i^	op (\mathrm{diag}(p_i) - p_i p_i^	op) J_i` plus a term in the
-    second derivatives of :math:`f`. :math:`G` drops that term (LeCun et al. 1990's
-    approximation), is positive semi-definite, and for cross-entropy equals the Fisher
-    information; its diagonal is a variance under :math:`p_i`:
-
-    .. math::  G_{qq} = rac1N \sum_i \Big[\sum_k p_{ik} J_{ikq}^2
-               - \Big(\sum_k p_{ik} J_{ikq}\Big)^2\Big].
-
-    It costs one Jacobian (:math:`C` backward passes) per example — no probes, no noise, any
-    model size; ``chunk_size`` examples are vmapped at a time. Labels are not used. For a model
-    linear in its params (softmax regression) it equals the exact Hessian diagonal.
-
-    Args:
-      apply_fn: ``apply_fn(params, x) -> logits``.
-      params: a pytree of float arrays.
-      batch: ``(x, y)``; only ``x`` is read (``y`` is checked like every batch).
-      chunk_size: examples per vmapped Jacobian (static); trades memory for speed.
-
-    Returns:
-      A float32 pytree like ``params``.
-
-    Example — softmax regression, where the Gauss-Newton matrix is the Hessian:
-      >>> import jax, jax.numpy as jnp
-      >>> from jaxprune import saliency
-      >>> apply_fn = lambda p, x: x @ p["w"]
-      >>> params = {"w": jax.random.normal(jax.random.key(0), (3, 4))}
-      >>> batch = (jax.random.normal(jax.random.key(1), (5, 3)), jnp.arange(5) % 4)
-      >>> gn = saliency.gauss_newton_diagonal(apply_fn, params, batch)
-      >>> def loss(p):
-      ...     logp = jax.nn.log_softmax(apply_fn(p, batch[0]))
-      ...     return -jnp.mean(logp[jnp.arange(5), batch[1]])
-      >>> bool(jnp.allclose(gn["w"], saliency.hessian_diagonal(loss, params)["w"], atol=1e-6))
-      True
-    """
-    p32, x, _ = _prepare(apply_fn, params, batch)
-    _check_positive_int(chunk_size, name="chunk_size")
-    flat, unravel = ravel_pytree(p32)
-    n_examples = x.shape[0]
-    chunk = min(chunk_size, n_examples)
-    n_chunks = -(-n_examples // chunk)
-    pad = n_chunks * chunk - n_examples
-    xs = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]).reshape(
-        n_chunks, chunk, *x.shape[1:]
-    )
-    weights = (jnp.arange(n_chunks * chunk) < n_examples).astype(flat.dtype)
-    weights = weights.reshape(n_chunks, chunk)
-
-    def one(xi: Array) -> Array:
-        def logits_of(v: Array) -> Array:
-            return _logits(apply_fn, unravel(v), xi[None])[0].astype(jnp.float32)
-
-        p = jax.nn.softmax(logits_of(flat))
-        jac = jax.jacrev(logits_of)(flat)  # [classes, params]
-        mean = p @ jac
-        return p @ (jac * jac) - mean * mean
-
-    def body(total: Array, chunk_in: tuple[Array, Array]) -> tuple[Array, None]:
-        xc, w = chunk_in
-        return total + jnp.sum(jax.vmap(one)(xc) * w[:, None], axis=0), None
-
-    total, _ = lax.scan(body, jnp.zeros_like(flat), (xs, weights))
-    return unravel(total / n_examples)
 
 
 # ----------------------------------------------------------------------------- data-driven scores
@@ -430,10 +165,10 @@ def obd(
 
     The loss change of deleting weight :math:`q` to second order, ignoring the off-diagonal
     Hessian and the gradient (the net is assumed at a minimum). :math:`h_{qq}` is the Hessian
-    diagonal of the cross-entropy on ``batch`` (:func:`hessian_diagonal`: ``exact`` for small
-    models, ``hutchinson`` otherwise), or its Gauss-Newton part (``gauss_newton``,
-    :func:`gauss_newton_diagonal`: the approximation LeCun et al. used, never negative, exact and
-    cheap for any model size). Away from a minimum the true :math:`h_{qq}` can be negative, and so
+    diagonal of the cross-entropy on ``batch`` (:func:`jaxprune.hessian.hessian_diagonal`:
+    ``exact`` for small models, ``hutchinson`` otherwise), or its Gauss-Newton part
+    (``gauss_newton``, :func:`jaxprune.hessian.gauss_newton_diagonal`: the approximation LeCun et
+    al. used, never negative, exact and cheap for any model size). Away from a minimum the true :math:`h_{qq}` can be negative, and so
     can the score: such weights rank lowest and are pruned first. The paper's loop: train, score,
     prune the lowest, retrain, repeat.
 
@@ -442,8 +177,8 @@ def obd(
       params: the (trained) params.
       batch: ``(x, y)``, integer labels.
       method: one of :data:`OBD_METHODS` (static).
-      probes, key, chunk_size, exact_limit: as :func:`hessian_diagonal` (``chunk_size`` is the
-        number of examples per vmapped Jacobian for ``gauss_newton``).
+      probes, key, chunk_size, exact_limit: as :func:`jaxprune.hessian.hessian_diagonal`
+        (``chunk_size`` is the number of examples per vmapped Jacobian for ``gauss_newton``).
 
     Returns:
       float32 scores like ``params``; higher = keep.
@@ -457,11 +192,11 @@ def obd(
       Array([[0.0524..., 0.0524...]], dtype=float32)
     """
     _checks.check_choice(method, OBD_METHODS, name="method")
-    p32, x, y = _prepare(apply_fn, params, batch)
+    p32, x, y = hessian._prepare(apply_fn, params, batch)
     if method == "gauss_newton":
-        diag = gauss_newton_diagonal(apply_fn, p32, (x, y), chunk_size=chunk_size)
+        diag = hessian.gauss_newton_diagonal(apply_fn, p32, (x, y), chunk_size=chunk_size)
         return jax.tree.map(lambda h, p: 0.5 * h * p * p, diag, p32)
-    diag = hessian_diagonal(
+    diag = hessian.hessian_diagonal(
         _loss_fn(apply_fn, x, y),
         p32,
         method=method,
@@ -490,7 +225,7 @@ def snip(apply_fn: ApplyFn, params: Params, batch: Batch) -> Scores:
       >>> s["w"].round(4)  # g = softmax(2, -1) - (1, 0) = (-0.0474, 0.0474)
       Array([[0.0949, 0.0474]], dtype=float32)
     """
-    p32, x, y = _prepare(apply_fn, params, batch)
+    p32, x, y = hessian._prepare(apply_fn, params, batch)
     grads = jax.grad(_loss_fn(apply_fn, x, y))(p32)
     return jax.tree.map(lambda g, p: jnp.abs(g * p), grads, p32)
 
@@ -540,7 +275,7 @@ def grasp(
       >>> jax.tree.map(jnp.shape, s)
       {'w1': (3, 4), 'w2': (4, 2)}
     """
-    p32, x, y = _prepare(apply_fn, params, batch)
+    p32, x, y = hessian._prepare(apply_fn, params, batch)
     _check_positive(temperature, name="temperature")
     loss = _loss_fn(apply_fn, x, y, temperature)
     flags = masks.is_prunable(p32, prunable)
@@ -586,8 +321,8 @@ def taylor(apply_fn: ApplyFn, params: Params, batch: Batch, *, microbatches: int
       >>> saliency.taylor(apply_fn, params, batch, microbatches=2)["w"]  # slices disagree
       Array([[1.819..., 0.454...]], dtype=float32)
     """
-    p32, x, y = _prepare(apply_fn, params, batch)
-    _check_positive_int(microbatches, name="microbatches")
+    p32, x, y = hessian._prepare(apply_fn, params, batch)
+    hessian._check_positive_int(microbatches, name="microbatches")
     if x.shape[0] % microbatches:
         raise ValueError(
             f"batch size {x.shape[0]} must be a multiple of microbatches={microbatches} (equal "
@@ -642,8 +377,8 @@ def balanced_batch(
       >>> bool(jnp.all(y[xb[:, 0].astype(int)] == yb))
       True
     """
-    xa, ya = _check_batch((x, y), name="(x, y)")
-    _check_positive_int(per_class, name="per_class")
+    xa, ya = hessian._check_batch((x, y), name="(x, y)")
+    hessian._check_positive_int(per_class, name="per_class")
     _checks.require(key, name="key", why="by balanced_batch (it draws the examples)")
     _checks.check_key(key)
     if num_classes is None:
@@ -652,7 +387,7 @@ def balanced_batch(
                 "num_classes is required when y is traced (under jit): pass num_classes=."
             )
         num_classes = int(np.max(np.asarray(y))) + 1
-    _check_positive_int(num_classes, name="num_classes")
+    hessian._check_positive_int(num_classes, name="num_classes")
     if not _checks.is_traced(y):  # the argument itself: numpy labels stay concrete under jit
         counts = np.bincount(np.asarray(y), minlength=num_classes)
         short = [(c, int(n)) for c, n in enumerate(counts[:num_classes]) if n < per_class]
@@ -746,8 +481,8 @@ def synflow(
       >>> saliency.synflow(lambda p, x: x @ p["w1"] @ p["w2"], p, (1,), float64=True)["w1"]
       Array([[0.33333334, 0.6666667 ]], dtype=float32)
     """
-    _check_apply_fn(apply_fn)
-    _check_params(params)
+    hessian._check_apply_fn(apply_fn)
+    hessian._check_params(params)
     shape = _check_input_shape(input_shape)
     if float64:
         with jax.enable_x64(True):
@@ -780,30 +515,53 @@ def _rate(remaining: Array, target: Array) -> Array:
     return jnp.clip(rate, 0.0, 1.0 - 1e-7)
 
 
+def _schedule_counts(schedule: schedules.Schedule, size: int, k: Array) -> Array:
+    """Weights kept after round ``k``: ``keep_count(size, 1 - schedule(k))``, one-shot's count."""
+    density = jnp.asarray(schedule(k), jnp.float32)
+    if density.shape != ():
+        raise ValueError(
+            f"a density schedule must return one density per round, got shape "
+            f"{list(density.shape)}; for per-leaf densities use scope='layerwise' with one "
+            "schedule, or prune each leaf group separately."
+        )
+    return select.keep_count(size, 1.0 - density)
+
+
 def iterative_prune(
     score_fn: Callable[[Params], Scores],
     params: Params,
     mask: Mask,
     *,
-    density: ArrayLike,
+    density: ArrayLike | schedules.Schedule,
     rounds: ArrayLike = 100,
     scope: select.Scope = "global",
     prunable: Prunable = None,
     min_keep: int = 0,
 ) -> Mask:
-    r"""Prune to ``density`` in ``rounds`` rounds on the exponential schedule, re-scoring each round.
+    r"""Prune in ``rounds`` rounds along a density schedule, re-scoring the masked net each round.
 
     Round :math:`k = 1 \dots n` scores the masked params :math:`\theta \odot M_{k-1}` with
-    ``score_fn`` and prunes the lowest scores so that the kept count becomes
+    ``score_fn`` and prunes the lowest scores so that :math:`c_k` weights stay kept, an exact
+    count. :math:`N` is the number of prunable weights and :math:`c_0` the number kept at the start.
+
+    ``density`` is either the final density :math:`\rho` — SynFlow's exponential schedule
+    (:func:`jaxprune.schedules.exponential`), kept fraction :math:`\rho^{k/n}`, from :math:`c_0` to
+    exactly one-shot's count:
 
     .. math::  c_k = \operatorname{round}\big(c_0\, (c_n / c_0)^{k/n}\big), \qquad
                c_n = \text{select.keep\_count}(N, 1 - \rho),
 
-    i.e. the kept fraction :math:`\rho^{k/n}` of SynFlow (:func:`jaxprune.schedules.exponential`)
-    with exact counts: :math:`c_0` weights are kept at the start, :math:`N` is the prunable size and
-    :math:`\rho` = ``density``. ``scope="global"`` counts all prunable weights together (SynFlow);
-    ``"layerwise"`` applies the schedule to each prunable leaf. ``rounds=1`` is one-shot pruning.
-    The loop is one ``lax.fori_loop``: compiled once, whatever the density or rounds.
+    or any schedule, a callable :math:`d(k)` of the traced round (a
+    :data:`~jaxprune.schedules.Schedule`, like an optax schedule) giving the density after round
+    :math:`k`, of all :math:`N` weights:
+
+    .. math::  c_k = \min\big(c_{k-1},\; \text{select.keep\_count}(N, 1 - d(k))\big),
+
+    one-shot pruning's count at :math:`d(k)` — masks only shrink, so a schedule that rises (or
+    starts above :math:`c_0 / N`) prunes nothing until it falls below. ``scope="global"`` counts
+    all prunable weights together (SynFlow); ``"layerwise"`` applies the schedule to each prunable
+    leaf. ``rounds=1`` is one-shot pruning. The loop is one ``lax.fori_loop``: compiled once,
+    whatever the density or rounds.
 
     Args:
       score_fn: ``score_fn(params) -> scores`` (higher = keep), e.g. a closure over
@@ -811,8 +569,10 @@ def iterative_prune(
       params: the params (pruned entries are zeroed before scoring).
       mask: the starting mask (bool pytree like ``params``); pruned weights stay pruned. A leaf
         already at or below the target keeps its mask.
-      density: final fraction :math:`\rho \in (0, 1]` of the prunable weights kept (of all of
-        them, not of the remaining); may be traced.
+      density: the final fraction :math:`\rho \in (0, 1]` of the prunable weights kept (of all of
+        them, not of the remaining), may be traced; or a schedule ``density(k) -> density`` for
+        ``k = 1 … rounds`` (static callable; the values it closes over may be traced), e.g.
+        ``lambda k: schedules.geometric(k, 0.2)``.
       rounds: :math:`n > 0`; may be traced.
       scope: ``"global"`` or ``"layerwise"`` (static).
       prunable: which leaves may be pruned (static spec; kernels by default).
@@ -822,29 +582,46 @@ def iterative_prune(
     Returns:
       The new bool mask.
 
-    Example — iterative SNIP to 30% of the weights in 3 rounds:
+    Example — iterative SNIP to 30% of the weights in 3 rounds, then IMP's 20% per round:
       >>> import jax, jax.numpy as jnp
-      >>> from jaxprune import masks, saliency
+      >>> from jaxprune import masks, saliency, schedules
       >>> apply_fn = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
       >>> params = {"w1": jnp.sin(jnp.arange(20.0)).reshape(4, 5),
       ...           "w2": jnp.cos(jnp.arange(15.0)).reshape(5, 3)}
       >>> batch = (jnp.sin(jnp.arange(24.0) / 3).reshape(6, 4), jnp.arange(6) % 3)
+      >>> snip = lambda q: saliency.snip(apply_fn, q, batch)
       >>> snip_prune = jax.jit(lambda p, d: saliency.iterative_prune(
-      ...     lambda q: saliency.snip(apply_fn, q, batch), p, masks.ones(p), density=d, rounds=3))
+      ...     snip, p, masks.ones(p), density=d, rounds=3))
       >>> m = snip_prune(params, 0.3)  # density is traced: any density, one program
       >>> int(masks.count(m))  # round(0.3 · 35)
       10
+      >>> m = saliency.iterative_prune(snip, params, masks.ones(params), rounds=3,
+      ...                              density=lambda k: schedules.geometric(k, 0.2))
+      >>> int(masks.count(m))  # 35 → 28 → 22 → 18: 35 - ⌊35 · (1 - 0.8^k) + ½⌋
+      18
     """
     _checks.check_mask(mask, params)
     _checks.check_choice(scope, select.SCOPES, name="scope")
-    _checks.check_in_range(density, name="density", high_inclusive=True)
-    _check_positive(density, name="density")
     _check_positive(rounds, name="rounds")
+    rounds_ = jnp.asarray(rounds, jnp.int32)
+    target: Callable[[Array, int, Array], Array]  # (count at the start, size, round) -> count
+    if callable(density):
+        schedule = density
+
+        def target(start: Array, size: int, k: Array) -> Array:
+            return _schedule_counts(schedule, size, k)
+
+    else:
+        _checks.check_in_range(density, name="density", high_inclusive=True)
+        _check_positive(density, name="density")
+        final_density = jnp.asarray(density, jnp.float32)
+
+        def target(start: Array, size: int, k: Array) -> Array:
+            return _target_counts(start, final_density, size, k, rounds_)
+
     flags = masks.is_prunable(mask, prunable)
     flat_flags = jax.tree.leaves(flags)
     sizes = [int(np.size(m)) for m in jax.tree.leaves(mask)]
-    density_ = jnp.asarray(density, jnp.float32)
-    rounds_ = jnp.asarray(rounds, jnp.int32)
 
     def counts(m: Mask) -> list[Array]:
         return [jnp.sum(leaf, dtype=jnp.int32) for leaf in jax.tree.leaves(m)]
@@ -858,15 +635,13 @@ def iterative_prune(
             jax.tree.map(lambda p, mk: jnp.where(mk, p, jnp.zeros_like(p)), params, m)
         )
         now = counts(m)
+        # _rate never grows a mask: a target above the current count prunes nothing.
         if scope == "global":
             kept = sum((c for c, f in zip(now, flat_flags, strict=True) if f), jnp.int32(0))
-            target = _target_counts(total_start, density_, total_size, k + 1, rounds_)
-            rate: Any = _rate(kept, target)
+            rate: Any = _rate(kept, target(total_start, total_size, k + 1))
         else:
             rates = [
-                _rate(c, _target_counts(c0, density_, size, k + 1, rounds_))
-                if f
-                else jnp.float32(0)
+                _rate(c, target(c0, size, k + 1)) if f else jnp.float32(0)
                 for c, c0, size, f in zip(now, start, sizes, flat_flags, strict=True)
             ]
             rate = jax.tree.unflatten(jax.tree.structure(mask), rates)
@@ -881,7 +656,7 @@ def synflow_prune(
     mask: Mask,
     input_shape: Sequence[int],
     *,
-    density: ArrayLike,
+    density: ArrayLike | schedules.Schedule,
     rounds: ArrayLike = 100,
     scope: select.Scope = "global",
     prunable: Prunable = None,
@@ -914,7 +689,7 @@ def synflow_prune(
       >>> int(masks.count(m)), [int(m[k].sum()) > 0 for k in ("w1", "w2")]  # no layer collapses
       (8, [True, True])
     """
-    _check_apply_fn(apply_fn)
+    hessian._check_apply_fn(apply_fn)
     shape = _check_input_shape(input_shape)
 
     def score_fn(p: Params) -> Scores:
@@ -1070,6 +845,6 @@ def score(
     if needs_key:
         _checks.require(key, name="key", why=f"by saliency method {name!r}")
     _checks.check_key(key)
-    _check_apply_fn(apply_fn)
-    _check_params(params)
+    hessian._check_apply_fn(apply_fn)
+    hessian._check_params(params)
     return METHODS[name](apply_fn, params, batch, key=key, **options)

@@ -14,6 +14,11 @@ any schedule into that rate:
 All schedules return a density except :func:`polynomial`, which returns a *sparsity*, as in Zhu &
 Gupta (2017); take ``1 - polynomial(...)`` for its density.
 
+Where a function takes a schedule as an argument (:func:`jaxprune.saliency.iterative_prune`), it
+is a :data:`Schedule`: a callable of the round alone, like an optax schedule of the step count —
+``lambda k: schedules.geometric(k, 0.2)``, or ``functools.partial(schedules.exponential,
+n_rounds=10, final_density=0.05)``.
+
 Arguments are validated only when they are concrete (see :mod:`jaxprune._checks`): densities in
 (0, 1], rates and sparsities in [0, 1), final levels no denser than initial ones, ``end_step >
 begin_step``, ``n_rounds > 0``.
@@ -33,7 +38,8 @@ Example — IMP at 20% per round, one mask update per round:
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +49,7 @@ from jaxprune import _checks
 from jaxprune._types import Array
 
 __all__ = [
+    "Schedule",
     "exponential",
     "geometric",
     "geometric_rounds",
@@ -50,6 +57,10 @@ __all__ = [
     "polynomial",
     "rate_between",
 ]
+
+Schedule: TypeAlias = Callable[[Array], ArrayLike]
+"""``schedule(round) -> density``: the fraction of weights kept after ``round`` rounds, for a
+traced int32 ``round`` (pure ``jax.numpy``, no Python branching on it)."""
 
 
 def _f32(x: ArrayLike) -> Array:

@@ -1,4 +1,4 @@
-"""Selection: from scores (higher = keep) and the current mask to a new, smaller mask.
+r"""Selection: from scores (higher = keep) and the current mask to a new, smaller mask.
 
 Every selector here keeps an *exact* number of weights. A round prunes a fraction ``rate`` of the
 weights that are still kept (``rate`` is a fraction of the *remaining* weights, as in iterative
@@ -6,7 +6,16 @@ magnitude pruning); weights already pruned are never re-selected, so masks only 
 
 How many are kept, for ``r`` remaining weights and rate ``p``:
 
-.. math::  k = \\max\\big(r - \\lfloor p\\,r + \\tfrac12 \\rfloor,\\; \\min(\\text{min\\_keep}, r)\\big)
+.. math::  k = \max\big(r - \lfloor p\,r + \tfrac12 \rfloor,\; \min(\text{min\_keep}, r)\big)
+
+computed exactly, in int32 integer arithmetic, for every :math:`r < 2^{31}` and rate in [0, 1].
+Rates are float32 (traced under ``jit``, where float64 is not available), and float32 has no 0.65:
+``float32(0.65) · 90 = 58.4999…``. So :math:`p` is the rate as written: a rate whose float32 value
+is the float32 nearest to a decimal with at most six decimal places (0.2, 0.65, 0.123456, and 0
+and 1) is exactly that decimal — ``keep_count(90, 0.65)`` keeps
+:math:`90 - \lfloor 58.5 + \tfrac12 \rfloor = 31` — and any other rate (e.g. one computed by
+:func:`jaxprune.schedules.rate_between`) is its exact float32 value. No rounded float product
+enters the count, so it does not depend on the backend either.
 
 Order: higher score first; among equal scores the lower flat index first (row-major within a leaf,
 leaves in pytree order), or a random order drawn from ``key`` when one is given. NaN scores rank
@@ -35,6 +44,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 
 from jaxprune import _checks, masks
@@ -60,15 +70,106 @@ Scope = Literal["layerwise", "global"]
 def keep_count(remaining: ArrayLike, rate: ArrayLike, min_keep: int = 0) -> Array:
     """How many of ``remaining`` weights a round at ``rate`` keeps (formula in the module docs).
 
+    Exact for every ``remaining < 2^31``, with a decimal rate read as the decimal it was written
+    as; a ``rate`` outside [0, 1] (only possible when traced) is clipped into it.
+
     Example:
       >>> from jaxprune import select
       >>> int(select.keep_count(100, 0.2)), int(select.keep_count(5, 0.99, min_keep=2))
       (80, 2)
+      >>> int(select.keep_count(90, 0.65))  # 0.65 · 90 = 58.5 rounds up to 59 pruned
+      31
     """
     r = jnp.asarray(remaining, jnp.int32)
-    pruned = jnp.floor(jnp.asarray(rate, jnp.float32) * r.astype(jnp.float32) + 0.5)
-    k = r - pruned.astype(jnp.int32)
-    return jnp.maximum(k, jnp.minimum(jnp.int32(min_keep), r))
+    p = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    significand, shift = _float32_parts(p)
+    is_decimal, millionths = _as_millionths(p, significand, shift)
+    pruned = jnp.where(
+        is_decimal,
+        _round_millionths_times(millionths, r),
+        _round_dyadic_times(significand, shift, r),
+    )
+    return jnp.maximum(r - pruned, jnp.minimum(jnp.int32(min_keep), r))
+
+
+# keep_count in exact integer arithmetic. Rates are traced float32 (no float64 on device), and a
+# float32 product p·r rounds — differently on backends that fuse the multiply-add and those that
+# do not — so floor(p·r + 1/2) is computed from the integers behind p instead: n / 10^6 for a
+# decimal rate, M / 2^s otherwise, in int32 limbs that never overflow for r < 2^31.
+
+_MILLION = 10**6
+
+
+def _float32_parts(p: Array) -> tuple[Array, Array]:
+    """``(M, s)`` with ``p = M · 2^-s`` exactly, ``M < 2^24`` (for ``p`` in [0, 1])."""
+    bits = lax.bitcast_convert_type(p, jnp.int32)
+    exponent, fraction = (bits >> 23) & 0xFF, bits & 0x7FFFFF
+    normal = exponent > 0
+    significand = jnp.where(normal, fraction | 0x800000, fraction)
+    return significand, jnp.where(normal, 150 - exponent, 149)
+
+
+def _as_millionths(p: Array, significand: Array, shift: Array) -> tuple[Array, Array]:
+    """``(is_decimal, n)``: whether ``p`` is the float32 nearest to ``n / 10^6``.
+
+    ``n = round(p · 10^6)`` is the only candidate (``p`` would be within half an ulp, < 2^-25, of
+    ``n / 10^6``, and the float32 product adds < 2^-5). ``p = M · 2^-s`` is the float32 nearest
+    to ``n / 10^6`` iff that lies within half an ulp ``2^-s`` of ``p`` (a quarter ulp below a
+    power of two, where the ulp below halves), i.e. iff ``D = (n · 2^s - M · 10^6) / 64 =
+    n · 2^(s-6) - M · 15625`` is in ``[-7812, 7812]`` (``[-3906, 7812]``); no decimal is a float32
+    midpoint, so the ends never tie. ``D`` can exceed 2^32, so it is computed modulo 2^32 in
+    uint32 and trusted only where ``(n - p · 10^6) · 2^(s-6)`` in float32, within 2^14 of ``D``,
+    puts ``|D|`` below 2^31. Rates below 2^-21 round to ``n = 0`` and are decimal only when 0.
+    """
+    x = p * jnp.float32(_MILLION)
+    n = jnp.round(x).astype(jnp.int32)
+    t = jnp.clip(shift - 6, 18, 38)  # in [18, 38] for p in [2^-21, 1)
+    two_to_20_minus_t = lax.bitcast_convert_type((147 - t) << 23, jnp.float32)
+    near = jnp.abs(n.astype(jnp.float32) - x) <= two_to_20_minus_t  # |D| < 2^20 + 2^14
+    n_shifted = jnp.where(t < 32, n.astype(jnp.uint32) << jnp.minimum(t, 31).astype(jnp.uint32), 0)
+    d = lax.bitcast_convert_type(
+        n_shifted - significand.astype(jnp.uint32) * jnp.uint32(15625), jnp.int32
+    )
+    low = jnp.where(significand == 0x800000, -3906, -7812)
+    inside = (p >= 2.0**-21) & (p < 1.0)
+    is_decimal = (inside & near & (d >= low) & (d <= 7812)) | (p == 0.0) | (p == 1.0)
+    return is_decimal, n
+
+
+def _round_millionths_times(n: Array, r: Array) -> Array:
+    """``floor(n · r / 10^6 + 1/2)``, exact for ``0 <= n <= 10^6`` and ``0 <= r < 2^31``.
+
+    ``n · r`` needs up to 51 bits: ``r = q · 10^6 + rem``, then base-1000 limbs of ``n`` and
+    ``rem``.
+    """
+    q, rem = r // _MILLION, r % _MILLION
+    n1, n0 = n // 1000, n % 1000
+    rem1, rem0 = rem // 1000, rem % 1000
+    middle = n1 * rem0 + n0 * rem1  # < 2 · 10^6, in units of 1000
+    low = (middle % 1000) * 1000 + n0 * rem0 + _MILLION // 2  # < 2.5 · 10^6
+    return n * q + n1 * rem1 + middle // 1000 + low // _MILLION
+
+
+def _round_dyadic_times(significand: Array, shift: Array, r: Array) -> Array:
+    """``floor(M · r / 2^s + 1/2)``, exact for ``M < 2^24``, ``M · 2^-s <= 1``, ``0 <= r < 2^31``.
+
+    ``M · r < 2^55`` is held as ``hi · 2^28 + lo`` from 12- and 16-bit limbs. For ``s > 56`` the
+    result is 0, as it is for ``s = 56``, so ``s`` is clipped there.
+    """
+    m_hi, m_lo = significand >> 12, significand & 0xFFF
+    r_hi, r_lo = r >> 16, r & 0xFFFF
+    b, c = m_hi * r_lo, m_lo * r_hi  # at 2^12 and 2^16, each < 2^28
+    lo = ((b & 0xFFFF) << 12) + ((c & 0xFFF) << 16) + m_lo * r_lo
+    hi = m_hi * r_hi + (b >> 16) + (c >> 12) + (lo >> 28)
+    lo = lo & 0xFFFFFFF
+    s = jnp.clip(shift, 23, 56)
+    lo = lo + jnp.where(s <= 28, 1 << jnp.clip(s - 1, 0, 27), 0)  # + 2^(s-1), the half
+    hi = hi + jnp.where(s > 28, 1 << jnp.clip(s - 29, 0, 27), 0) + (lo >> 28)
+    lo = lo & 0xFFFFFFF
+    low_bits = lo >> jnp.minimum(s, 28)
+    return jnp.where(
+        s <= 28, (hi << jnp.clip(28 - s, 0, 5)) + low_bits, hi >> jnp.maximum(s - 28, 0)
+    )
 
 
 def keep_top_k(

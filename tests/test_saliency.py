@@ -4,16 +4,19 @@ counts through select, under jit and jit ∘ vmap."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
+from fractions import Fraction
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
-from jaxprune import criteria, masks, models, saliency, select
+from jaxprune import criteria, hessian, masks, models, saliency, schedules, select
 from tests.helpers import TraceCounter, stack, unstack
 
 # ----------------------------------------------------------------------------- a tiny tanh MLP
@@ -89,11 +92,7 @@ def axpy(a: float, x: Any, y: Any) -> Any:
 
 
 def close(got: Any, want: Any, rtol: float = 1e-4, atol: float = 1e-6) -> None:
-    jax.tree.map(
-        lambda g, w: np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol),
-        got,
-        want,
-    )
+    chex.assert_trees_all_close(got, want, rtol=rtol, atol=atol)
 
 
 # One compiled program per shape: executing these eagerly, op by op, costs more compile time.
@@ -132,64 +131,78 @@ def test_numpy_reference_gradient_is_right() -> None:
 # ----------------------------------------------------------------------------- OBD
 
 
-def test_obd_exact_diagonal_equals_jax_hessian() -> None:
-    p, (x, y) = mlp_params(1), mlp_batch(1)
-    flat, unravel = ravel_pytree(p)
-
-    def flat_loss(v: jax.Array) -> jax.Array:
-        logits = mlp_apply(unravel(v), jnp.asarray(x))
-        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
-
-    want = jnp.diag(jax.jit(jax.hessian(flat_loss))(flat))
-    loss = lambda q: flat_loss(ravel_pytree(q)[0])  # noqa: E731
-    # chunks of 7 do not divide 43 parameters: the last chunk is ragged
-    got = jax.jit(lambda q: saliency.hessian_diagonal(loss, q, chunk_size=7))(p)
-    np.testing.assert_allclose(ravel_pytree(got)[0], want, rtol=1e-4, atol=1e-6)
-    # and against float64 finite differences of the hand-written gradient
-    f, np_unravel = np_ravel(p)
+def fd_hessian_diagonal(p: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Float64 Hessian diagonal of the MLP's loss: central differences of the hand-written gradient,
+    flattened in ravel_pytree's leaf order."""
+    f, unravel = np_ravel(p)
     eps = 1e-5
-    fd = np.array(
+    return np.array(
         [
             (
-                np_ravel(np_grad(np_unravel(f + eps * e), x, y))[0][q]
-                - np_ravel(np_grad(np_unravel(f - eps * e), x, y))[0][q]
+                np_ravel(np_grad(unravel(f + eps * e), x, y))[0][q]
+                - np_ravel(np_grad(unravel(f - eps * e), x, y))[0][q]
             )
             / (2 * eps)
             for q, e in enumerate(np.eye(f.size))
         ]
     )
-    np.testing.assert_allclose(ravel_pytree(got)[0], fd, rtol=1e-3, atol=1e-6)
-    s = OBD(mlp_apply, p, (x, y))
-    close(s, jax.tree.map(lambda h, w: 0.5 * h * w**2, np_unravel(fd), f64(p)), 1e-3, 1e-6)
 
 
-def test_hutchinson_converges_to_the_exact_diagonal() -> None:
-    p, batch = mlp_params(2), mlp_batch(2)
-    exact = np.asarray(ravel_pytree(OBD(mlp_apply, p, batch))[0])
+def np_gauss_newton_diag(p: Any, x: np.ndarray) -> np.ndarray:
+    """Float64 diag of (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i with J_i from a hand-written
+    Jacobian of the tanh MLP's logits, flattened in ravel_pytree's leaf order."""
+    q = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    total = 0.0
+    for xi in np.asarray(x, np.float64):
+        a = xi @ q["l1"]["kernel"] + q["l1"]["bias"]
+        h = np.tanh(a)
+        z = h @ q["l2"]["kernel"] + q["l2"]["bias"]
+        prob = np.exp(z - z.max())
+        prob /= prob.sum()
+        classes = z.shape[0]
+        rows = []
+        for k in range(classes):  # ∂z_k/∂θ, leaf by leaf (l1.bias, l1.kernel, l2.bias, l2.kernel)
+            dh = q["l2"]["kernel"][:, k] * (1 - h**2)
+            d_l2k = np.zeros_like(q["l2"]["kernel"])
+            d_l2k[:, k] = h
+            d_l2b = np.eye(classes)[k]
+            rows.append(np.concatenate([dh, np.outer(xi, dh).ravel(), d_l2b, d_l2k.ravel()]))
+        jac = np.stack(rows)
+        total = total + np.diag(jac.T @ (np.diag(prob) - np.outer(prob, prob)) @ jac)
+    return total / len(x)
 
-    def error(n: int, seed: int) -> float:
-        est = OBD(mlp_apply, p, batch, method="hutchinson", probes=n, key=jax.random.key(seed))
-        est = np.asarray(ravel_pytree(est)[0])
-        return float(np.linalg.norm(est - exact))
 
-    few = np.mean([error(4, s) for s in range(3)])
-    many = error(4000, 0)
-    assert many < 0.1 * few, (many, few)  # error ~ 1/sqrt(probes): sqrt(4/4000) ≈ 0.03
-    assert many < 0.05 * np.linalg.norm(exact), (many, np.linalg.norm(exact))
+def test_obd_is_half_the_hessian_diagonal_times_theta_squared() -> None:
+    """OBD = ½·h_qq·θ², with h from jaxprune.hessian (tested against jax.hessian there)."""
+    p, (x, y) = mlp_params(1), mlp_batch(1)
+    _, np_unravel = np_ravel(p)
+    fd = np_unravel(fd_hessian_diagonal(p, x, y))
+    half_h_theta2 = jax.tree.map(lambda h, w: 0.5 * h * w**2, fd, f64(p))
+    chex.assert_trees_all_close(OBD(mlp_apply, p, (x, y)), half_h_theta2, rtol=1e-3, atol=1e-6)
+    # with the Gauss-Newton diagonal: ½·G_qq·θ²
+    p, (x, y) = mlp_params(3), mlp_batch(3, n=7)
+    gn = np_unravel(np_gauss_newton_diag(p, x))
+    chex.assert_trees_all_close(
+        saliency.obd(mlp_apply, p, (x, y), method="gauss_newton"),
+        jax.tree.map(lambda g, w: 0.5 * g * w**2, gn, f64(p)),
+        rtol=1e-4,
+        atol=1e-8,
+    )
 
 
-def test_exact_limit_names_the_setting_and_suggests_hutchinson() -> None:
+def test_obd_hands_its_options_to_the_hessian() -> None:
     p, batch = mlp_params(0), mlp_batch(0)
     with pytest.raises(ValueError, match=r"43 > exact_limit=40.*method='hutchinson'"):
         saliency.obd(mlp_apply, p, batch, exact_limit=40)
     with pytest.raises(ValueError, match="key is required by method='hutchinson'"):
         saliency.obd(mlp_apply, p, batch, method="hutchinson")
-    with pytest.raises(ValueError, match="unknown method 'diag'"):
-        saliency.hessian_diagonal(lambda q: jnp.sum(q["w"] ** 2), {"w": jnp.ones(2)}, method="diag")  # type: ignore[arg-type]
-    with pytest.raises(
-        ValueError, match=r"loss_fn\(params\) must return a scalar, got shape \[2\]"
-    ):
-        saliency.hessian_diagonal(lambda q: q["w"] ** 2, {"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match=r"unknown method 'diag'.*gauss_newton"):
+        saliency.obd(mlp_apply, p, batch, method="diag")  # type: ignore[arg-type]
+    assert saliency.OBD_METHODS == (*hessian.HESSIAN_METHODS, "gauss_newton")
+    assert saliency.EXACT_LIMIT == hessian.EXACT_LIMIT
+    # the estimators moved to jaxprune.hessian; their old names still work
+    assert saliency.hessian_diagonal is hessian.hessian_diagonal
+    assert saliency.gauss_newton_diagonal is hessian.gauss_newton_diagonal
 
 
 # ----------------------------------------------------------------------------- SNIP, GraSP, Taylor
@@ -327,7 +340,7 @@ def test_synflow_reads_no_data() -> None:
         (np.zeros((2, WIDTHS[0]), np.float32), np.ones(2, np.int32)),
     ):
         by_name = saliency.score("synflow", chain_apply, p, batch)
-        jax.tree.map(np.testing.assert_array_equal, by_name, ref)
+        chex.assert_trees_all_equal(by_name, ref)
 
 
 def test_synflow_float64_survives_where_float32_overflows() -> None:
@@ -374,18 +387,18 @@ def test_synflow_prune_exact_density_and_one_round_is_one_shot() -> None:
             m = prune(p, density, rounds, "global")
             assert int(masks.count(m)) == want, (density, rounds)
         one_shot = GLOBAL(scores, ones, jnp.float32(1.0) - jnp.float32(density))
-        jax.tree.map(np.testing.assert_array_equal, prune(p, density, 1, "global"), one_shot)
+        chex.assert_trees_all_equal(prune(p, density, 1, "global"), one_shot)
     # float64 scoring inside the compiled loop: the same masks where float32 does not overflow
     prune64 = jax.jit(
         lambda q: saliency.synflow_prune(chain_apply, q, ones, (6,), density=0.05, float64=True)
     )
-    jax.tree.map(np.testing.assert_array_equal, prune64(p), prune(p, 0.05, 100, "global"))
+    chex.assert_trees_all_equal(prune64(p), prune(p, 0.05, 100, "global"))
     # layerwise: the schedule per leaf, and one round is one-shot layerwise selection
     lw = prune(p, 0.25, 5, "layerwise")
     for k, v in p.items():
         assert int(lw[k].sum()) == int(select.keep_count(v.size, 0.75)), k
     lw1 = prune(p, 0.25, 1, "layerwise")
-    jax.tree.map(np.testing.assert_array_equal, lw1, LAYERWISE(scores, ones, jnp.float32(0.75)))
+    chex.assert_trees_all_equal(lw1, LAYERWISE(scores, ones, jnp.float32(0.75)))
 
 
 def test_iterative_synflow_avoids_layer_collapse_where_one_shot_collapses() -> None:
@@ -419,6 +432,163 @@ def test_iterative_prune_with_any_score_and_densities_per_ticket() -> None:
         m = unstack(out, t)
         assert int(masks.count(masks.prunable_leaves(m))) == int(select.keep_count(35, 1.0 - d))
         assert bool(m["l1"]["bias"].all() and m["l2"]["bias"].all())  # biases are not prunable
+
+
+# ----------------------------------------------------------------------------- any schedule
+
+# Nonzero integer weights and an integer score: float32 is exact, so a numpy loop reproduces every
+# ranking, and the many ties exercise the index order.
+ITER_SHAPES = {"a": (6, 8), "b": (8, 5), "bias": (5,)}
+
+
+def iter_params(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        k: (rng.integers(1, 6, s) * rng.choice([-1, 1], s)).astype(np.float32)
+        for k, s in ITER_SHAPES.items()
+    }
+
+
+def column_score(p: Any) -> Any:
+    """|w| · (1 + weights alive in w's column): re-scoring the masked net changes the ranking."""
+    return jax.tree.map(lambda w: jnp.abs(w) * (1 + jnp.sum(w != 0, axis=0, keepdims=True)), p)
+
+
+def np_iterative_prune(p: dict[str, np.ndarray], kept_after: Any, rounds: int, scope: str) -> Any:
+    """Brute force: each round, score the masked weights and keep the ``kept_after(k, size)`` best
+    alive ones (higher score, then lower index; kernels in pytree order for global, each kernel
+    alone for layerwise). Biases are not prunable."""
+    kernels = [n for n in sorted(p) if p[n].ndim >= 2]
+    m = {n: np.ones(w.shape, bool) for n, w in p.items()}
+    for k in range(1, rounds + 1):
+        w = {n: np.where(m[n], p[n], 0) for n in p}
+        s = {n: np.abs(w[n]) * (1 + (w[n] != 0).sum(0, keepdims=True)) for n in p}
+        for group in [kernels] if scope == "global" else [[n] for n in kernels]:
+            alive = np.concatenate([m[n].ravel() for n in group])
+            score = np.concatenate([s[n].ravel() for n in group])
+            keep = min(kept_after(k, alive.size), int(alive.sum()))  # masks only shrink
+            order = np.lexsort((np.arange(score.size), -score, ~alive))
+            new = np.zeros(score.size, bool)
+            new[order[:keep]] = True
+            cuts = np.cumsum([p[n].size for n in group])[:-1]
+            for n, part in zip(group, np.split(new, cuts), strict=True):
+                m[n] = part.reshape(p[n].shape)
+    return m
+
+
+def round_half_up(x: float) -> int:
+    """⌊x + ½⌋ of a float64, asserting x is not within 10⁻³ of a half (float32 could differ)."""
+    assert abs(x - math.floor(x) - 0.5) > 1e-3, x
+    return math.floor(x + 0.5)
+
+
+def schedule_kept(density: np.float32, size: int) -> int:
+    """One-shot's count at a density: size − ⌊(1 − d) · size + ½⌋, with 1 − d in float32."""
+    rate = Fraction(float(np.float32(1) - np.float32(density)))
+    # select reads a rate near a six-place decimal as that decimal; make sure it does not matter
+    decimal = Fraction(round(rate * 10**6), 10**6)
+    pruned = {math.floor(x * size + Fraction(1, 2)) for x in (rate, decimal)}
+    assert len(pruned) == 1, (rate, size)
+    return size - pruned.pop()
+
+
+SCHEDULES = {
+    "geometric": lambda k: schedules.geometric(k, 0.3),
+    "table": lambda k: jnp.array([1.0, 0.75, 0.5, 0.5, 0.3, 0.1])[k],  # a flat round, decimals
+    "rising": lambda k: jnp.where(k == 2, 0.9, 0.4),  # rises in round 2: nothing grows back
+    "polynomial": lambda k: (
+        1.0
+        - schedules.polynomial(
+            k, initial_sparsity=0.0, final_sparsity=0.9, begin_step=0, end_step=5
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_iterative_prune_follows_any_schedule_exactly(name: str, scope: str) -> None:
+    schedule, rounds = SCHEDULES[name], 5
+    p = iter_params(0)
+    counter = TraceCounter(
+        lambda q, r: saliency.iterative_prune(
+            column_score, q, masks.ones(q), density=schedule, rounds=r, scope=scope
+        )
+    )
+    prune = jax.jit(counter.fn)
+    densities = [np.float32(schedule(k)) for k in range(rounds + 1)]  # the schedule's float32s
+
+    def kept_after(k: int, size: int) -> int:
+        return min(schedule_kept(densities[j], size) for j in range(1, k + 1))
+
+    for r in (1, 3, rounds):
+        got = prune(p, r)
+        chex.assert_trees_all_equal(got, np_iterative_prune(p, kept_after, r, scope))
+    counts = [int(masks.count(masks.prunable_leaves(prune(p, r)))) for r in range(1, rounds + 1)]
+    assert counts == sorted(counts, reverse=True)  # masks only shrink
+    assert counter.traces == 1  # rounds traced: one program
+
+
+def test_iterative_prune_default_is_synflows_exponential_schedule() -> None:
+    """The default, against c_k = round(c_0 (c_n / c_0)^(k/n)) computed here in float64."""
+    p = iter_params(1)
+    for scope in ("global", "layerwise"):
+        counter = TraceCounter(
+            lambda q, d, r, scope=scope: saliency.iterative_prune(
+                column_score, q, masks.ones(q), density=d, rounds=r, scope=scope
+            )
+        )
+        prune = jax.jit(counter.fn)
+        for density, rounds in [(0.3, 1), (0.3, 4), (0.05, 7)]:
+
+            def kept_after(
+                k: int, size: int, density: float = density, rounds: int = rounds
+            ) -> int:
+                final = schedule_kept(np.float32(density), size)
+                if k == rounds:
+                    return final
+                return min(max(round_half_up(size * (final / size) ** (k / rounds)), final), size)
+
+            got = prune(p, density, rounds)
+            chex.assert_trees_all_equal(got, np_iterative_prune(p, kept_after, rounds, scope))
+        assert counter.traces == 1  # density and rounds traced: one program per scope
+    # from a dense start it is the exponential schedule of jaxprune.schedules, as a callable
+    rho, n = np.float32(0.25), 4  # 88 weights: c_n = 22 = 0.25 · 88, so c_n / c_0 = ρ exactly
+    as_callable = saliency.iterative_prune(
+        column_score,
+        p,
+        masks.ones(p),
+        density=functools.partial(schedules.exponential, n_rounds=n, final_density=rho),
+        rounds=n,
+    )
+    chex.assert_trees_all_equal(
+        as_callable, saliency.iterative_prune(column_score, p, masks.ones(p), density=rho, rounds=n)
+    )
+
+
+def test_iterative_prune_schedules_per_ticket_under_jit_vmap() -> None:
+    rates = [0.2, 0.3, 0.5]
+    tickets = [iter_params(s) for s in range(3)]
+
+    def one(q: Any, rate: jax.Array) -> Any:
+        return saliency.iterative_prune(
+            column_score, q, masks.ones(q), density=lambda k: schedules.geometric(k, rate), rounds=4
+        )
+
+    out = jax.jit(jax.vmap(one))(stack(tickets), jnp.array(rates, jnp.float32))
+    for t, rate in enumerate(rates):
+        densities = [np.float32(schedules.geometric(k, np.float32(rate))) for k in range(5)]
+
+        def kept_after(k: int, size: int, densities: list[np.float32] = densities) -> int:
+            return schedule_kept(densities[k], size)
+
+        chex.assert_trees_all_equal(
+            unstack(out, t), np_iterative_prune(tickets[t], kept_after, 4, "global")
+        )
+    with pytest.raises(ValueError, match=r"one density per round, got shape \[2\]"):
+        saliency.iterative_prune(
+            column_score, tickets[0], masks.ones(tickets[0]), density=lambda k: jnp.ones(2)
+        )
 
 
 # ----------------------------------------------------------------------------- jit and vmap
@@ -565,56 +735,3 @@ def test_bad_inputs_name_the_argument() -> None:
         ValueError, match=r"mask\['w0'\] has shape \[5, 3\] but params\['w0'\] has shape \[3, 5\]"
     ):
         saliency.synflow_prune(chain_apply, q, bad, (3,), density=0.5)
-
-
-def np_gauss_newton_diag(p: Any, x: np.ndarray) -> np.ndarray:
-    """Float64 diag of (1/N) Σ_i J_iᵀ (diag p_i − p_i p_iᵀ) J_i with J_i from a hand-written
-    Jacobian of the tanh MLP's logits, flattened in ravel_pytree's leaf order."""
-    q = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
-    total = 0.0
-    for xi in np.asarray(x, np.float64):
-        a = xi @ q["l1"]["kernel"] + q["l1"]["bias"]
-        h = np.tanh(a)
-        z = h @ q["l2"]["kernel"] + q["l2"]["bias"]
-        prob = np.exp(z - z.max())
-        prob /= prob.sum()
-        classes = z.shape[0]
-        rows = []
-        for k in range(classes):  # ∂z_k/∂θ, leaf by leaf (l1.bias, l1.kernel, l2.bias, l2.kernel)
-            dh = q["l2"]["kernel"][:, k] * (1 - h**2)
-            d_l2k = np.zeros_like(q["l2"]["kernel"])
-            d_l2k[:, k] = h
-            d_l2b = np.eye(classes)[k]
-            rows.append(np.concatenate([dh, np.outer(xi, dh).ravel(), d_l2b, d_l2k.ravel()]))
-        jac = np.stack(rows)
-        total = total + np.diag(jac.T @ (np.diag(prob) - np.outer(prob, prob)) @ jac)
-    return total / len(x)
-
-
-def test_gauss_newton_diagonal_matches_numpy_and_is_exact_for_linear_models() -> None:
-    p = mlp_params(3)
-    x, y = mlp_batch(3, n=7)
-    got = saliency.gauss_newton_diagonal(mlp_apply, p, (x, y), chunk_size=3)  # 7 = 3 + 3 + 1
-    want = np_gauss_newton_diag(p, x)
-    np.testing.assert_allclose(ravel_pytree(got)[0], want, rtol=1e-4, atol=1e-7)
-    # OBD with it: ½·G_qq·θ²
-    s = saliency.obd(mlp_apply, p, (x, y), method="gauss_newton")
-    flat_p = ravel_pytree(jax.tree.map(jnp.asarray, p))[0]
-    np.testing.assert_allclose(ravel_pytree(s)[0], 0.5 * want * flat_p**2, rtol=1e-4, atol=1e-8)
-
-    # Softmax regression is linear in its params: Gauss-Newton = the Hessian (jax.hessian).
-    def linear(q: Any, xb: jax.Array) -> jax.Array:
-        return xb @ q["w"] + q["b"][None]
-
-    lin = {"w": p["l1"]["kernel"], "b": p["l1"]["bias"]}
-    yl = np.arange(7) % 5
-    flat, unravel = ravel_pytree(jax.tree.map(jnp.asarray, lin))
-
-    def loss(v: jax.Array) -> jax.Array:
-        logp = jax.nn.log_softmax(linear(unravel(v), x))
-        return -jnp.mean(logp[jnp.arange(7), yl])
-
-    gn = saliency.gauss_newton_diagonal(linear, lin, (x, yl))
-    np.testing.assert_allclose(
-        ravel_pytree(gn)[0], jnp.diag(jax.hessian(loss)(flat)), rtol=1e-4, atol=1e-7
-    )

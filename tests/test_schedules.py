@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -288,8 +289,8 @@ def test_geometric_with_layerwise_follows_the_keep_count_recurrence_exactly(rate
     prune = jax.jit(select.layerwise)
     mask_direct = masks.ones(scores)
     mask_sched = masks.ones(scores)
-    # By hand: r_{k+1} = r_k - floor(p * r_k + 1/2), p as the float32 the selector sees.
-    p32 = float(np.float32(rate))
+    # By hand: r_{k+1} = r_k - floor(p * r_k + 1/2), p the decimal as written (select's rule).
+    p = Fraction(str(rate))
     r = SIZES.copy()
     for k in range(12):
         mask_direct = prune(scores, mask_direct, jnp.float32(rate))
@@ -297,7 +298,7 @@ def test_geometric_with_layerwise_follows_the_keep_count_recurrence_exactly(rate
             schedules.geometric(k, rate), schedules.geometric(k + 1, rate)
         )
         mask_sched = prune(scores, mask_sched, step)
-        r = r - np.floor(p32 * r + 0.5).astype(int)
+        r = np.array([x - math.floor(p * int(x) + Fraction(1, 2)) for x in r])
         np.testing.assert_array_equal(_leaf_counts(mask_direct), r)
         if rate == 0.2:  # 0.2 * r is never near a rounding half, so float noise in the rate is moot
             np.testing.assert_array_equal(_leaf_counts(mask_sched), r)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,10 +30,21 @@ keep_top_k_jit = jax.jit(select.keep_top_k)
 # --- numpy references ---------------------------------------------------------------------------
 
 
+def rate_as_fraction(rate) -> Fraction:
+    """The rate the module formula uses, as an exact rational: the decimal with at most six places
+    whose nearest float32 is ``float32(rate)`` if there is one, else ``float32(rate)`` itself."""
+    p = np.float32(rate)
+    d = Fraction(round(Fraction(float(p)) * 10**6), 10**6)
+    # float(d) rounds d correctly, and rounding that to float32 is d's nearest float32: a decimal
+    # is never within float64 precision of a float32 midpoint.
+    return d if np.float32(float(d)) == p else Fraction(float(p))
+
+
 def ref_keep_count(remaining, rate, min_keep=0):
-    """The module formula in float32 arithmetic, as the selector computes it."""
-    r = np.asarray(remaining)
-    pruned = np.floor(np.float32(rate) * r.astype(np.float32) + np.float32(0.5)).astype(np.int64)
+    """The module formula in exact rational arithmetic, elementwise over ``remaining``."""
+    p = rate_as_fraction(rate)
+    r = np.asarray(remaining, np.int64)
+    pruned = np.vectorize(lambda x: math.floor(p * int(x) + Fraction(1, 2)), otypes=[np.int64])(r)
     return np.maximum(r - pruned, np.minimum(min_keep, r))
 
 
@@ -114,6 +127,13 @@ def test_keep_count_by_hand():
     assert int(select.keep_count(5, 0.99, min_keep=2)) == 2
     assert int(select.keep_count(1, 0.9, min_keep=3)) == 1  # cannot keep more than remain
     assert int(select.keep_count(19200, 0.2)) == 15360
+    # Exact halves round up although the float32 rate is below the decimal: float32(0.65) · 90 =
+    # 58.4999…, float32(0.2925) · 200 = 58.4999…, float32(0.35) · 10 = 3.4999….
+    assert int(select.keep_count(90, 0.65)) == 31
+    assert int(select.keep_count(200, 0.2925)) == 141
+    assert int(select.keep_count(10, 0.35)) == 6
+    assert int(select.keep_count(2**31 - 1, 0.5)) == 2**30 - 1  # 2^30 - 1/2 + 1/2 pruned
+    assert int(select.keep_count(2**31 - 1, 1.0)) == 0
 
 
 def test_keep_count_matches_numpy_over_a_grid():
@@ -122,6 +142,80 @@ def test_keep_count_matches_numpy_over_a_grid():
     for p in np.linspace(0.0, 0.99, 45):
         for mk in (0, 3):
             np.testing.assert_array_equal(f(r, jnp.float32(p), mk), ref_keep_count(r, p, mk))
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)  # one program for every (remaining, rate) pair
+def keep_count_scalar(r, p):
+    return select.keep_count(r, p, 2)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def keep_count_vmapped(r, p):
+    return jax.vmap(lambda a, b: select.keep_count(a, b, 2))(r, p)
+
+
+def check_keep_count_pairs(r, p):
+    """jit and jit ∘ vmap against the formula in Fraction arithmetic (min_keep = 2)."""
+    r, p = np.asarray(r, np.int32), np.asarray(p, np.float32)
+    want = [
+        max(int(x) - math.floor(rate_as_fraction(q) * int(x) + Fraction(1, 2)), min(2, int(x)))
+        for x, q in zip(r, p, strict=True)
+    ]
+    assert [int(keep_count_scalar(x, q)) for x, q in zip(r, p, strict=True)] == want
+    assert np.asarray(keep_count_vmapped(r, p)).tolist() == want
+
+
+@st.composite
+def count_and_decimal(draw):
+    """``(r, d)``: ``d`` a decimal with at most six places; often ``d · r`` is an exact half."""
+    places = draw(st.integers(0, 6))
+    d = Fraction(draw(st.integers(0, 10**places)), 10**places)
+    r = draw(st.integers(0, 2**31 - 1))
+    if d.denominator % 2 == 0 and draw(st.booleans()):
+        # d · r = k + 1/2 exactly for the odd multiples r of d's denominator / 2
+        r = d.denominator // 2 * (2 * (r // d.denominator) + 1)
+        if r > 2**31 - 1:
+            r -= d.denominator
+    return r, d
+
+
+@given(st.lists(count_and_decimal(), min_size=16, max_size=16))
+def test_keep_count_is_the_exact_formula_for_decimal_rates(pairs):
+    r = [x for x, _ in pairs]
+    p = [float(d) for _, d in pairs]  # as written in a config: float32(0.65) stands for 0.65
+    assert all(rate_as_fraction(q) == d for q, (_, d) in zip(p, pairs, strict=True))
+    check_keep_count_pairs(r, p)
+
+
+@st.composite
+def count_and_float32_rate(draw):
+    """``(r, p)``: ``p`` any float32 in (0, 1), or a neighbour of a decimal's float32."""
+    r = draw(st.integers(0, 2**31 - 1))
+    if draw(st.booleans()):
+        bits = draw(st.integers(0x34000000, 0x3F7FFFFF))  # 2^-23 to the float32 below 1
+    else:
+        decimal = np.float32(draw(st.integers(1, 10**6 - 1)) / 10**6)
+        bits = int(decimal.view(np.int32)) + draw(st.sampled_from([-2, -1, 1, 2]))
+    return r, float(np.int32(bits).view(np.float32))
+
+
+@given(st.lists(count_and_float32_rate(), min_size=16, max_size=16))
+def test_keep_count_is_the_exact_formula_for_any_float32_rate(pairs):
+    check_keep_count_pairs([x for x, _ in pairs], [q for _, q in pairs])
+
+
+def test_keep_count_every_six_place_decimal_at_random_counts_and_exact_halves():
+    n = np.arange(10**6 + 1)
+    rate = (n / 10**6).astype(np.float32)
+    rng = np.random.default_rng(0)
+    denominator = 10**6 // np.gcd(n, 10**6)
+    halves = denominator // 2 * (2 * rng.integers(0, 2**31 // (2 * denominator)) + 1)
+    f = jax.jit(jax.vmap(select.keep_count))
+    for r in (rng.integers(0, 2**31, n.size), np.where(denominator % 2 == 0, halves, 2**31 - 1)):
+        want = r - (n * r + 10**6 // 2) // 10**6  # int64: exact
+        np.testing.assert_array_equal(f(r.astype(np.int32), rate), want)
 
 
 @given(
@@ -414,8 +508,7 @@ def test_prune_dispatches_by_scope():
     b = layerwise_jit(scores, mask, 0.4, min_keep=2)
     c = prune_jit(scores, mask, 0.4, scope="global")
     d = global_jit(scores, mask, 0.4)
-    for x, y in zip(jax.tree.leaves((a, c)), jax.tree.leaves((b, d)), strict=True):
-        np.testing.assert_array_equal(x, y)
+    chex.assert_trees_all_equal((a, c), (b, d))
     assert int(masks.count(a)) != int(masks.count(c))  # the two scopes do differ here
     assert select.SCOPES == ("layerwise", "global")
     with pytest.raises(ValueError, match=r"unknown scope 'neuron'.*global, layerwise"):

@@ -1,4 +1,4 @@
-"""CIFAR VGG and ResNet with batch norm (Flax NNX), following the reference codes of the pruning papers.
+r"""CIFAR VGG and ResNet with batch norm (Flax NNX), following the reference codes of the pruning papers.
 
 **VGG** (``vgg11``, ``vgg16``, ``vgg19``, ``vgg16_a``) is the CIFAR VGG of Liu et al.'s
 Network-Slimming code (github.com/Eric-mingjie/network-slimming, ``models/vgg.py``) and its copy in
@@ -53,13 +53,13 @@ Parameter paths (``jax.tree_util.keystr``), params then model state:
   ``[…]['bn1'][…]``, ``[…]['conv2']['kernel']``, ``[…]['bn2'][…]``; ``['out']['kernel'|'bias']``.
 
 Convs carry no bias (batch norm follows). Init, as the reference codes: conv kernels
-:math:`\\mathcal N(0, 2 / (9 \\cdot C_{out}))` (He et al. 2015, fan-out mode, untruncated);
+:math:`\mathcal N(0, 2 / (9 \cdot C_{out}))` (He et al. 2015, fan-out mode, untruncated);
 conv BN scale 0.5 in VGG (Network-Slimming code) and 1 in ResNet (fb.resnet.torch), BN bias 0;
-VGG linear kernels :math:`\\mathcal N(0, 0.01^2)`, the ``mlp`` classifier's BatchNorm1d scale 1
+VGG linear kernels :math:`\mathcal N(0, 0.01^2)`, the ``mlp`` classifier's BatchNorm1d scale 1
 (PyTorch's default: the reference init touches only BatchNorm2d); the ResNet classifier kernel
-:math:`U(\\pm 1/\\sqrt{fan_{in}})` (Torch's default ``Linear`` init); every bias 0.
+:math:`U(\pm 1/\sqrt{fan_{in}})` (Torch's default ``Linear`` init); every bias 0.
 
-Batch norm: momentum 0.9 on the running statistics (:math:`r \\leftarrow 0.9\\,r + 0.1\\,s_{batch}`,
+Batch norm: momentum 0.9 on the running statistics (:math:`r \leftarrow 0.9\,r + 0.1\,s_{batch}`,
 PyTorch's ``momentum=0.1``), ε = 1e-5, biased batch variance (PyTorch keeps the unbiased one in
 its running variance: a factor ``B/(B-1)`` on it, nothing else). Modules start in training mode
 (batch statistics); ``net.eval()`` switches to the running averages. The training engine uses

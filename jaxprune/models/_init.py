@@ -1,4 +1,4 @@
-"""Initialisation laws that :func:`~jaxprune.models.instantiate` can draw from its shared streams.
+r"""Initialisation laws that :func:`~jaxprune.models.instantiate` can draw from its shared streams.
 
 A :class:`Law` is an ordinary Flax initialiser ``law(key, shape, dtype)`` that also says what it
 is, so that ``instantiate`` can draw the same law from one RNG stream for the whole model instead
@@ -10,9 +10,9 @@ biases).
 With ``fan`` the fan of the weight's shape (``"in"``: inputs × receptive field, ``"out"``:
 outputs × receptive field, ``None``: 1) and ``g`` the law's ``gain``:
 
-* ``normal``: :math:`w \\sim \\mathcal N(0, \\sigma^2)`, :math:`\\sigma = g / \\sqrt{fan}`
+* ``normal``: :math:`w \sim \mathcal N(0, \sigma^2)`, :math:`\sigma = g / \sqrt{fan}`
   (untruncated, as PyTorch's ``normal_``);
-* ``uniform``: :math:`w \\sim U(-b, b)`, :math:`b = g / \\sqrt{fan}`;
+* ``uniform``: :math:`w \sim U(-b, b)`, :math:`b = g / \sqrt{fan}`;
 * ``constant``: :math:`w = g`.
 """
 
