@@ -31,7 +31,8 @@ and this mask is empty until training moves the logits.
 
 Randomness lives in the state: ``init(logits, key=k)`` stores ``k`` next to the optax state, and
 step ``t`` samples with ``fold_in(k, t)`` (:func:`sample`), so stacked per-ticket keys vmap and a
-resumed run draws the same masks. The steps plug into :func:`jaxprune.train.fit` unchanged: pass the weights as ``frozen``.
+resumed run draws the same masks. The steps follow the :class:`~jaxprune.train.Steps` protocol and
+plug into :func:`jaxprune.train.fit` unchanged: pass the weights as ``frozen``.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax
@@ -55,8 +56,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,8 +70,8 @@ from jaxprune._types import Array, ArrayLike, Key, Mask, Params, Prunable, PyTre
 from jaxprune.train import step
 
 __all__ = [
-    "MODE",
     "SupermaskOptState",
+    "SupermaskSteps",
     "effective_weights",
     "logits_init",
     "make_steps",
@@ -77,7 +79,6 @@ __all__ = [
     "sample",
 ]
 
-MODE = "supermask"
 ApplyFn = Callable[[Params, Array], Array]
 LossFn = Callable[[Array, Array], Array]
 
@@ -244,31 +245,87 @@ def make_steps(
     rescale: bool = False,
     prunable: Prunable = None,
     loss_fn: LossFn = step.cross_entropy,
-) -> step.Steps:
-    r"""Learned-supermask steps for :func:`jaxprune.train.fit` (mode ``"supermask"``).
+) -> SupermaskSteps:
+    r"""Learned-supermask steps for :func:`jaxprune.train.fit`.
 
     Args:
       apply_fn: pure ``apply_fn(weights, x) -> logits`` (e.g. from
         :func:`jaxprune.models.functional`).
       optimizer: optax transformation of the mask logits (the paper: SGD lr 100, momentum 0.9).
       rescale: dynamic weight rescaling (see :func:`effective_weights`), in training and eval.
-      prunable: which leaves get a learned mask (a :data:`~jaxprune._types.Prunable` spec).
+      prunable: which leaves get a learned mask (a :data:`~jaxprune._types.Prunable` spec of
+        hashable values: regexes, a rule, or a pytree of Python bools).
       loss_fn: training loss ``loss_fn(logits, labels) -> scalar``; default cross-entropy.
 
     Returns:
-      :class:`~jaxprune.train.Steps` with
+      :class:`SupermaskSteps`, following the :class:`~jaxprune.train.Steps` protocol:
 
       * ``init(logits, *, key)``: a :class:`~jaxprune.train.TrainState` whose ``params`` are the
-        logits and whose ``opt_state`` is a :class:`SupermaskOptState` holding ``key``;
+        logits and whose ``opt_state`` is a :class:`SupermaskOptState` holding ``key`` (required);
       * ``train_step(state, mask, batch, frozen)``: one step on a sampled mask (module
         docstring); ``frozen`` (the weights) is required; returns ``(state, {"loss": ...})``;
       * ``eval_step(params, mask, batch, frozen, valid=None)``: the deterministic mask
         :func:`mask_of`, the same rescaling; summed softmax cross-entropy ``loss`` and
         ``correct`` over the rows where ``valid``, like :func:`jaxprune.train.make_steps`.
+
+      The steps are not stateful (``model_state`` must be ``None`` or empty). Two calls with the
+      same ``apply_fn`` and optimizer object and equal options give equal steps, which share
+      compiled programs.
+
+    Example:
+      >>> import optax
+      >>> from jaxprune import supermask
+      >>> def apply_fn(p, x):
+      ...     return x @ p["w"]
+      >>> opt = optax.sgd(100.0, momentum=0.9)
+      >>> supermask.make_steps(apply_fn, opt, prunable=["w"]) == supermask.make_steps(
+      ...     apply_fn, opt, prunable=["w"])
+      True
+    """
+    return SupermaskSteps(apply_fn, optimizer, rescale, prunable, loss_fn)
+
+
+def _spec_key(prunable: Prunable) -> Any:
+    """A hashable stand-in for a ``prunable`` spec (lists and dicts are not hashable), equal
+    exactly when the specs are equal."""
+    leaves, treedef = jax.tree.flatten(prunable)
+    for i, leaf in enumerate(leaves):  # regexes, a rule, Python bools
+        step.check_hashable(leaf, name=f"prunable's leaf {i}")
+    return treedef, tuple(leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class SupermaskSteps:
+    """The :class:`~jaxprune.train.Steps` of :func:`make_steps`: a mask learned over frozen weights.
+
+    A frozen dataclass of what it is built from (see :func:`make_steps` for the fields): equal,
+    with equal hashes, when built from the same ``apply_fn``, optimizer object and options.
     """
 
-    def init(logits: Params, *, key: Key) -> step.TrainState:
-        for path, s in _checks.leaves_with_paths(logits):
+    apply_fn: ApplyFn
+    optimizer: optax.GradientTransformation
+    rescale: bool = False
+    prunable: Prunable = dataclasses.field(default=None, compare=False)
+    loss_fn: LossFn = step.cross_entropy
+    # ``prunable`` may be a list or dict: it is compared and hashed through this stand-in.
+    _prunable_key: Any = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("apply_fn", "optimizer", "loss_fn"):
+            step.check_hashable(getattr(self, name), name=name)
+        object.__setattr__(self, "_prunable_key", _spec_key(self.prunable))
+
+    @property
+    def stateful(self) -> bool:
+        """``False``: the frozen network has no running statistics."""
+        return False
+
+    def init(
+        self, params: Params, model_state: PyTree | None = None, *, key: Key | None = None
+    ) -> step.TrainState:
+        """The state at step 0: ``params`` are the logits, ``key`` (required) the sampling key."""
+        step.check_model_state(False, model_state, name="model_state")
+        for path, s in _checks.leaves_with_paths(params):
             if not jnp.issubdtype(jnp.result_type(s), jnp.floating):
                 raise ValueError(
                     f"logits{path} must be floating point, got {jnp.result_type(s)}; build the "
@@ -280,30 +337,36 @@ def make_steps(
             and key.shape == ()
         ):
             raise ValueError(
-                f"key must be one typed PRNG key (jax.random.key(seed)), got {key!r}; for "
-                "tickets, init each ticket with its own key and stack the states."
+                f"key must be one typed PRNG key (jax.random.key(seed)), got {key!r}: the "
+                "supermask steps sample a mask every step; for tickets, init each ticket with "
+                "its own key and stack the states."
             )
-        opt_state = SupermaskOptState(optimizer.init(logits), key)
-        return step.TrainState(logits, opt_state, jnp.zeros((), jnp.int32))
+        opt_state = SupermaskOptState(self.optimizer.init(params), key)
+        return step.TrainState(params, opt_state, jnp.zeros((), jnp.int32))
 
     def train_step(
-        state: step.TrainState, mask: Mask, batch: step.Batch, frozen: PyTree | None = None
+        self,
+        state: step.TrainState,
+        mask: Mask,
+        batch: step.Batch,
+        frozen: PyTree | None = None,
     ) -> tuple[step.TrainState, dict[str, Array]]:
+        """One step on a mask sampled with ``fold_in(key, step)`` (module docstring)."""
         _check_step_args(state.params, mask, frozen)
-        flags = masks.is_prunable(state.params, prunable)
+        flags = masks.is_prunable(state.params, self.prunable)
         key = jax.random.fold_in(state.opt_state.key, state.step)
         drawn = sample(state.params, key, mask=mask, prunable=flags)
         x, y = batch
 
         def loss_of(logits: Params) -> Array:
             m = _straight_through(logits, drawn, mask, flags)
-            eff = effective_weights(frozen, m, rescale=rescale, prunable=flags)
-            return loss_fn(apply_fn(eff, x), y)
+            eff = effective_weights(frozen, m, rescale=self.rescale, prunable=flags)
+            return self.loss_fn(self.apply_fn(eff, x), y)
 
         loss, grads = jax.value_and_grad(loss_of)(state.params)
         # Only the logits of kept positions of prunable leaves move (whatever the optimizer does).
         trainable = jax.tree.map(lambda f, m: m if f else jnp.zeros_like(m), flags, mask)
-        updates, inner = optimizer.update(
+        updates, inner = self.optimizer.update(
             _where(trainable, grads), state.opt_state.inner, state.params
         )
         logits = optax.apply_updates(state.params, _where(trainable, updates))
@@ -311,22 +374,20 @@ def make_steps(
         return new, {"loss": loss}
 
     def eval_step(
+        self,
         params: Params,
         mask: Mask,
         batch: step.Batch,
         frozen: PyTree | None = None,
         valid: Array | None = None,
+        *,
+        model_state: PyTree | None = None,
     ) -> dict[str, Array]:
+        """Summed ``loss`` and ``correct`` of the deterministic mask :func:`mask_of`."""
+        step.check_model_state(False, model_state, name="model_state")
         _check_step_args(params, mask, frozen)
-        flags = masks.is_prunable(params, prunable)
+        flags = masks.is_prunable(params, self.prunable)
         x, y = batch
         m = mask_of(params, mask, flags)
-        logits = apply_fn(effective_weights(frozen, m, rescale=rescale, prunable=flags), x)
-        losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
-        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-        w = jnp.ones_like(losses) if valid is None else valid.astype(losses.dtype)
-        return {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w)}
-
-    # Steps.init is typed for the one-argument init of the dense steps; ours also takes the key.
-    typed_init = cast(Callable[[Params], step.TrainState], init)
-    return step.Steps(typed_init, train_step, eval_step, MODE)
+        eff = effective_weights(frozen, m, rescale=self.rescale, prunable=flags)
+        return step.summed_eval(self.apply_fn(eff, x), y, valid)

@@ -24,7 +24,10 @@ def init_mlp(seed: int) -> dict:
 
 
 def apply_mlp(p: dict, x: jax.Array) -> jax.Array:
-    h = jax.nn.relu(x @ p["fc"]["kernel"] + p["fc"]["bias"][None])
+    # tanh, not ReLU: tests below compare differently compiled programs (vmapped, sharded), and
+    # ReLU's kink at 0 would turn a rounding difference in a pre-activation into a different
+    # gradient. A smooth activation leaves the sampled masks as the only discrete decisions.
+    h = jnp.tanh(x @ p["fc"]["kernel"] + p["fc"]["bias"][None])
     return h @ p["out"]["kernel"] + p["out"]["bias"][None]
 
 
@@ -75,7 +78,7 @@ def test_straight_through_step_equals_numpy_gradient_of_a_linear_model(rescale):
     steps = supermask.make_steps(
         lambda p, xx: xx @ p["w"] + p["b"][None], optax.sgd(1.0), rescale=rescale
     )
-    assert steps.mode == "supermask"
+    assert isinstance(steps, supermask.SupermaskSteps) and not steps.stateful
     state = steps.init(logits, key=key)
     new, metrics = steps.train_step(state, mask, (jnp.asarray(x), jnp.asarray(y)), weights)
 
@@ -189,15 +192,48 @@ def test_eval_step_uses_the_deterministic_mask_and_counts_valid_rows():
     z = np.asarray(apply_mlp(w_np, jnp.asarray(x)), np.float64)
     nll = -np.log(softmax(z)[np.arange(20), y])
     np.testing.assert_allclose(out["loss"], nll[valid].sum(), rtol=1e-5)
-    np.testing.assert_allclose(out["correct"], (z.argmax(1) == y)[valid].sum())
+    # σ(s) > 0.5 and argmax are decisions that rounding flips at a tie (the steps compute them
+    # their way, this test its own): no kernel logit is near 0, and only rows whose top two
+    # outputs are near-tied may count differently.
+    assert min(np.abs(np.asarray(logits[n]["kernel"])).min() for n in ("fc", "out")) > 1e-3
+    top = np.sort(z, axis=1)
+    near_ties = np.sum((top[:, -1] - top[:, -2] < ARGMAX_MARGIN) & valid)
+    assert abs(float(out["correct"]) - np.sum((z.argmax(1) == y) & valid)) <= near_ties
+
+
+ITERATIONS, EVAL_EVERY, BATCH = 30, 10, 16
+
+# Vmapped (or sharded) and single runs are the same float32 operations in another order: the
+# batched matmuls round differently. Their logits then drift apart by rounding only (measured
+# here: at most 4e-6, four float32 ulps of the largest logits, |s| ≈ 8; the drift grows with the
+# steps, so the final one is the largest) as long as every discrete decision agrees: the
+# Bernoulli draws b = u < σ(s) of training and the eval masks σ(s) > 0.5, i.e. s > 0 (apply_mlp
+# is smooth, the outer masks are fixed). So the comparisons assert, from a replay of each ticket
+# trained alone one step per call (_replay, _assert_decisions_clear):
+#   * every draw that counts (kept positions of prunable leaves) has |u − σ(s)| >= MARGIN. The
+#     runs' σ(s) differ by at most max|Δs| / 4 (σ' <= 1/4) plus an ulp of σ (6e-8); the final
+#     logits of replay and single fit, and of single and vmapped fit, are asserted within TOL,
+#     so max|Δs| <= 2·TOL and σ differs by <= 5.1e-6, half of MARGIN = 1e-5. So no draw can
+#     differ and, by induction over the steps, the runs stay rounding-close;
+#   * every kept logit at an evaluation has |s| >= LOGIT_MARGIN = 1e-4 > 2·TOL: the eval masks
+#     are equal.
+# LR is 1: at the paper's large rates (this test once used 20) the logits reach |s| ≈ 50 and the
+# runs drifted 1e-5 to 1e-3 apart (measured), more than any margin that 3,690 uniform draws
+# clear (each falls within m of its threshold with probability 2m).
+LR, TOL, MARGIN, LOGIT_MARGIN = 1.0, 1e-5, 1e-5, 1e-4
+# Accuracy goes through argmax. With equal eval masks both runs evaluate the same network, their
+# outputs rounded differently by ~1e-6 (float32, |z| < 10): a prediction can flip only where the
+# top two outputs are closer than ARGMAX_MARGIN, and the accuracies may differ by at most the
+# number of such examples / n.
+ARGMAX_MARGIN = 1e-4
 
 
 def _fit(steps, state, mask, frozen, **kw):
     x, y = toy_data()
     xv, yv = toy_data(40, seed=5)
     return train.fit(
-        steps, state, mask, (x, y), (xv, yv), (xv, yv),
-        iterations=30, batch_size=16, eval_every=10, frozen=frozen, progress=False, **kw,
+        steps, state, mask, (x, y), (xv, yv), (xv, yv), iterations=ITERATIONS,
+        batch_size=BATCH, eval_every=EVAL_EVERY, frozen=frozen, progress=False, **kw,
     )  # fmt: skip
 
 
@@ -206,12 +242,58 @@ def _tickets(n: int = 3, seed: int = 0):
     weights = [init_mlp(seed + max(i - 1, 0)) for i in range(n)]
     mask_list = [random_mask(w, seed + max(i - 1, 0), 0.6) for i, w in enumerate(weights)]
     keys = jax.random.split(jax.random.key(seed + 11), n)
-    steps = supermask.make_steps(apply_mlp, optax.sgd(20.0, momentum=0.9), rescale=True)
+    steps = supermask.make_steps(apply_mlp, optax.sgd(LR, momentum=0.9), rescale=True)
     states = [
         steps.init(supermask.logits_init(w, 0.5 * max(i - 1, 0)), key=k)
         for i, (w, k) in enumerate(zip(weights, keys, strict=True))
     ]
     return steps, states, mask_list, weights
+
+
+def _replay(steps, state, mask, frozen, data_key) -> list:
+    """The logits before every step (and after the last) of one ticket trained alone, one step
+    per call: the same steps and batches as ``_fit`` (the data order depends on key and step)."""
+    x, y = (jnp.asarray(a) for a in toy_data())
+    logits = [state.params]
+    for t in range(ITERATIONS):
+        state, _ = train.train_chunk(
+            steps, state, mask, frozen, x, y, data_key, jnp.int32(t), length=1, batch_size=BATCH
+        )
+        logits.append(state.params)
+    return logits
+
+
+def _kept_prunable(tree, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Prunable leaves of ``tree`` raveled and joined in leaf order (``supermask.sample``'s order
+    of ``u``), with the outer mask's kept positions."""
+    flags = jax.tree.leaves(masks.is_prunable(tree))
+    leaves = zip(jax.tree.leaves(tree), jax.tree.leaves(mask), flags, strict=True)
+    pairs = [(s, m) for s, m, f in leaves if f]
+    values = np.concatenate([np.asarray(s, np.float64).ravel() for s, _ in pairs])
+    return values, np.concatenate([np.asarray(m).ravel() for _, m in pairs])
+
+
+def _assert_decisions_clear(logits: list, key, mask, frozen) -> np.ndarray:
+    """Assert the premise above for one replayed ticket; return, per evaluation, the number of
+    test examples whose prediction is within ARGMAX_MARGIN of a tie."""
+    for t, s_t in enumerate(logits[:-1]):
+        step_key = jax.random.fold_in(key, t)  # documented: step t samples with fold_in(key, t)
+        s, kept = _kept_prunable(s_t, mask)
+        u = np.asarray(jax.random.uniform(step_key, s.shape), np.float64)
+        gap = np.abs(u - sigmoid(s))[kept].min()
+        assert gap >= MARGIN, f"step {t}: a Bernoulli draw is {gap:.1e} from its threshold"
+        # The reconstruction of u is the one the steps use.
+        drawn, _ = _kept_prunable(supermask.sample(s_t, step_key, mask=mask), mask)
+        np.testing.assert_array_equal(drawn[kept], (u < sigmoid(s))[kept])
+    xv, _ = toy_data(40, seed=5)  # _fit's validation and test set
+    near_ties = []
+    for t in range(EVAL_EVERY, ITERATIONS + 1, EVAL_EVERY):
+        s, kept = _kept_prunable(logits[t], mask)
+        assert np.abs(s[kept]).min() >= LOGIT_MARGIN, f"evaluation at {t}: a kept logit is near 0"
+        m = supermask.mask_of(logits[t], mask)
+        z = np.sort(apply_mlp(supermask.effective_weights(frozen, m, rescale=True), xv), axis=1)
+        near_ties.append(np.sum(z[:, -1] - z[:, -2] < ARGMAX_MARGIN))
+    return np.array(near_ties)
 
 
 def test_vmapped_tickets_equal_tickets_trained_alone():
@@ -230,9 +312,17 @@ def test_vmapped_tickets_equal_tickets_trained_alone():
         tickets=True,
     )
     for i, (st, h) in enumerate(alone):
-        close(st.params, train.unstack(together.params)[i], tol=1e-4)
-        np.testing.assert_allclose(hist.test_acc[i], h.test_acc, atol=1e-6)
-        np.testing.assert_allclose(hist.train_loss[i], h.train_loss, rtol=1e-4)
+        logits = _replay(steps, states[i], mask_list[i], weights[i], data_key)
+        key = states[i].opt_state.key
+        near_ties = _assert_decisions_clear(logits, key, mask_list[i], weights[i])
+        close(logits[-1], st.params, tol=TOL)  # the replay is the same run
+        for a, b in zip(jax.tree.leaves(st.params), jax.tree.leaves(together.params), strict=True):
+            np.testing.assert_allclose(a, b[i], rtol=0, atol=TOL)  # max|Δs| <= TOL, as assumed
+        np.testing.assert_allclose(hist.train_loss[i], h.train_loss, rtol=1e-5)
+        np.testing.assert_allclose(hist.val_loss[i], h.val_loss, rtol=1e-5)
+        np.testing.assert_allclose(hist.test_loss[i], h.test_loss, rtol=1e-5)
+        flips = np.abs(hist.test_acc[i] - h.test_acc) * 40  # per evaluation, 40 test examples
+        assert np.all(flips <= near_ties + 1e-3), (flips, near_ties)
     # Tickets 0 and 1 share weights, mask, logits and data; only their sampling keys differ.
     a, b = train.unstack(together.params)[:2]
     assert not np.allclose(a["fc"]["kernel"], b["fc"]["kernel"])
@@ -242,20 +332,26 @@ def test_vmapped_tickets_equal_tickets_trained_alone():
 @pytest.mark.slow
 def test_sharded_tickets_equal_unsharded():
     steps, states, mask_list, weights = _tickets(8)
+    for s, m, w in zip(states, mask_list, weights, strict=True):  # the premise above
+        logits = _replay(steps, s, m, w, jax.random.key(0))
+        _assert_decisions_clear(logits, s.opt_state.key, m, w)
     args = (train.stack(states), train.stack(mask_list), train.stack(weights))
     plain, _ = _fit(steps, *args, data_key=jax.random.key(0), tickets=True)
     mesh = train.ticket_mesh()
     sharded, _ = _fit(steps, *args, data_key=jax.random.key(0), tickets=True, mesh=mesh)
     assert len(sharded.params["fc"]["kernel"].sharding.device_set) == 8
-    close(plain.params, sharded.params, tol=1e-4)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(sharded.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
 
 
 def test_changing_keys_masks_and_logits_does_not_retrace():
     counter = TraceCounter(apply_mlp)
-    steps = supermask.make_steps(counter.fn, optax.sgd(20.0, momentum=0.9))
+    optimizer = optax.sgd(20.0, momentum=0.9)
     x, y = (jnp.asarray(a) for a in toy_data())
     traces = []
     for seed in (0, 7):  # new weights, masks, logits, sampling and data keys
+        # Built anew each time from the same objects (a list spec, too): equal steps.
+        steps = supermask.make_steps(counter.fn, optimizer, prunable=["kernel"])
         _, states, mask_list, weights = _tickets(2, seed=seed)
         states = [steps.init(s.params, key=s.opt_state.key) for s in states]
         train.train_chunk(
@@ -265,6 +361,10 @@ def test_changing_keys_masks_and_logits_does_not_retrace():
         traces.append(counter.traces)
     assert traces[0] >= 1
     assert traces[1] == traces[0]
+    again = supermask.make_steps(counter.fn, optimizer, prunable=["kernel"])
+    assert steps == again and hash(steps) == hash(again)
+    assert steps != supermask.make_steps(counter.fn, optimizer, prunable=["kernel"], rescale=True)
+    assert steps != supermask.make_steps(counter.fn, optax.sgd(20.0, momentum=0.9))
 
 
 def test_learned_supermask_on_random_lenet_beats_chance_by_far():
@@ -305,6 +405,16 @@ def test_bad_inputs_are_rejected_with_the_argument_named():
                   eval_every=2, data_key=jax.random.key(0), progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="key"):
         steps.init(logits, key=jax.random.PRNGKey(0))  # a raw uint32 key
+    with pytest.raises(ValueError, match=r"key must be one typed PRNG key.*sample a mask"):
+        steps.init(logits)  # the Steps protocol's key=None: required here
+    with pytest.raises(ValueError, match="model_state must be None or empty"):
+        steps.init(logits, {"mean": jnp.zeros(3)}, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="model_state must be None or empty"):
+        steps.eval_step(logits, mask, batch, weights, model_state={"mean": jnp.zeros(3)})
+    with pytest.raises(ValueError, match="prunable's leaf 0 must be hashable"):
+        supermask.make_steps(
+            apply_mlp, optax.sgd(1.0), prunable=jax.tree.map(jnp.ones_like, weights)
+        )
     with pytest.raises(ValueError, match="logits"):
         steps.init(jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.int32), weights),
                    key=jax.random.key(0))  # fmt: skip

@@ -149,12 +149,9 @@ def _eval_impl(
     ys = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
     valid = jnp.arange(n_batches * eval_batch) < n
 
-    # Only stateful steps take model_state (other Steps, e.g. supermask's, do not know it).
-    extra = {"model_state": model_state} if steps.stateful else {}
-
     def one(args: tuple[Array, Array, Array]) -> tuple[Array, Array]:
         xb, yb, vb = args
-        out = steps.eval_step(params, mask, (xb, yb), frozen, vb, **extra)
+        out = steps.eval_step(params, mask, (xb, yb), frozen, vb, model_state=model_state)
         return out["loss"], out["correct"]
 
     split = (
@@ -270,7 +267,8 @@ def fit(
     """Train for ``iterations`` steps, evaluating on ``val`` and ``test`` every ``eval_every``.
 
     Args:
-      steps: from :func:`jaxprune.train.make_steps`.
+      steps: any :class:`~jaxprune.train.Steps` (:func:`jaxprune.train.make_steps`,
+        :func:`jaxprune.supermask.make_steps`); equal steps reuse the compiled programs.
       state: a :class:`TrainState` (stacked over tickets when ``tickets=True``), with the
         model's running statistics in ``state.model_state`` for stateful steps.
       mask: the mask (stacked likewise).

@@ -13,6 +13,12 @@ Two masking modes (ARCHITECTURE invariant 5):
 The mask (and ``frozen``) is an argument of every step, never hidden in optimizer state, so one
 compiled step serves every mask, and rewinding is just passing other params.
 
+Every kind of steps follows one protocol, :class:`Steps` (what :func:`jaxprune.train.fit` calls):
+:func:`make_steps` builds :class:`MaskedSteps`, which train the weights;
+:func:`jaxprune.supermask.make_steps` builds steps that train a mask over frozen weights. Steps
+are frozen dataclasses equal when built from the same things, so that equal steps, passed to the
+engine as a static jit argument, reuse its compiled programs.
+
 Models with state (batch norm): build the steps with ``stateful=True`` from
 ``apply_fn(params, model_state, x, *, train) -> (logits, new_model_state)`` (e.g.
 :func:`jaxprune.models.stateful`). The running statistics then live in
@@ -38,26 +44,30 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Literal, NamedTuple, cast
+from typing import Literal, NamedTuple, Protocol, cast
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxprune import _checks
-from jaxprune._types import Array, Mask, Params, PyTree
+from jaxprune._types import Array, Key, Mask, Params, PyTree
 
 __all__ = [
     "MODES",
     "Batch",
+    "MaskedSteps",
     "StatefulApplyFn",
     "Steps",
     "TrainState",
+    "check_hashable",
     "check_model_state",
     "cross_entropy",
     "effective_params",
     "make_steps",
+    "summed_eval",
 ]
 
 MODES = ("zero", "forward")
@@ -82,17 +92,59 @@ class TrainState(NamedTuple):
     model_state: PyTree = ()
 
 
-class Steps(NamedTuple):
-    """The pure functions of one training setup (hashable: usable as a static jit argument).
+class Steps(Protocol):
+    """The protocol of every kind of training steps: what :func:`jaxprune.train.fit`,
+    :func:`~jaxprune.train.train_chunk` and :func:`~jaxprune.train.evaluate` call.
 
-    ``stateful``: whether ``eval_step`` takes (and the engine passes) ``model_state=``.
+    * ``init(params, model_state=None, *, key=None) -> TrainState``: the state of one ticket.
+      ``model_state`` is the model's running statistics (required by stateful steps, ``None`` or
+      empty otherwise); ``key`` the randomness of steps that draw it (supermask samples), given
+      exactly when the steps use one — steps that draw none raise if given a key, steps that do
+      raise without one, so a key is never silently unused.
+    * ``train_step(state, mask, batch, frozen=None) -> (state, {"loss": ...})``: one step.
+    * ``eval_step(params, mask, batch, frozen=None, valid=None, *, model_state=None)``:
+      ``{"loss": ..., "correct": ...}``, sums over the rows where ``valid``.
+    * ``stateful``: whether the engine must pass ``model_state=`` to ``eval_step``.
+
+    Steps are passed to the engine as a static jit argument, so they must be hashable, and equal
+    exactly when they compute the same thing: the steps here are frozen dataclasses of what they
+    were built from (apply function, optimizer object, options), so two constructions from the
+    same objects are equal and share compiled programs. (optax transformations are closures:
+    build the optimizer once and reuse the object.)
+
+    Example:
+      >>> import optax
+      >>> from jaxprune import train
+      >>> def apply_fn(p, x):
+      ...     return x @ p["w"]
+      >>> opt = optax.sgd(0.1)
+      >>> train.make_steps(apply_fn, opt) == train.make_steps(apply_fn, opt)
+      True
+      >>> train.make_steps(apply_fn, opt) == train.make_steps(apply_fn, optax.sgd(0.1))
+      False
     """
 
-    init: Callable[..., TrainState]
-    train_step: Callable[..., tuple[TrainState, dict[str, Array]]]
-    eval_step: Callable[..., dict[str, Array]]
-    mode: str
-    stateful: bool = False
+    @property
+    def stateful(self) -> bool: ...
+
+    def init(
+        self, params: Params, model_state: PyTree | None = None, *, key: Key | None = None
+    ) -> TrainState: ...
+
+    def train_step(
+        self, state: TrainState, mask: Mask, batch: Batch, frozen: PyTree | None = None
+    ) -> tuple[TrainState, dict[str, Array]]: ...
+
+    def eval_step(
+        self,
+        params: Params,
+        mask: Mask,
+        batch: Batch,
+        frozen: PyTree | None = None,
+        valid: Array | None = None,
+        *,
+        model_state: PyTree | None = None,
+    ) -> dict[str, Array]: ...
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
@@ -138,6 +190,25 @@ def check_model_state(stateful: bool, model_state: PyTree | None, *, name: str) 
         )
 
 
+def check_hashable(value: object, *, name: str) -> None:
+    """Raise unless ``value`` is hashable: what steps are built from is part of a static jit
+    argument (the steps), hashed to find the compiled program.
+
+    Example:
+      >>> check_hashable(["kernel"], name="prunable")
+      Traceback (most recent call last):
+      ...
+      ValueError: prunable must be hashable (steps are a static jit argument, hashed to find the compiled program), got ['kernel'] of type list.
+    """
+    try:
+        hash(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be hashable (steps are a static jit argument, hashed to find the "
+            f"compiled program), got {value!r} of type {type(value).__name__}."
+        ) from None
+
+
 def _mask_tree(tree: PyTree, mask: Mask) -> PyTree:
     return jax.tree.map(lambda t, m: jnp.where(m, t, jnp.zeros_like(t)), tree, mask)
 
@@ -149,8 +220,8 @@ def make_steps(
     mode: Mode = "zero",
     loss_fn: LossFn = cross_entropy,
     stateful: bool = False,
-) -> Steps:
-    """Build ``init``, ``train_step(state, mask, batch, frozen=None)`` and ``eval_step``.
+) -> MaskedSteps:
+    """Steps that train the weights under a mask: ``init``, ``train_step`` and ``eval_step``.
 
     Args:
       apply_fn: pure ``apply_fn(params, x) -> logits`` (e.g. from
@@ -163,13 +234,16 @@ def make_steps(
       stateful: whether ``apply_fn`` has the stateful signature (models with batch norm).
 
     Returns:
-      :class:`Steps`. ``init(params, model_state=None)`` (``model_state`` required when
-      ``stateful``) gives the :class:`TrainState`. ``train_step`` returns ``(new_state, {"loss":
-      ...})``, the model run with ``train=True`` and ``new_state.model_state`` its updated state.
-      ``eval_step(params, mask, batch, frozen=None, valid=None, *, model_state=None)`` runs it with
-      ``train=False`` and returns the summed softmax cross-entropy ``loss`` and ``correct`` count
-      over the batch rows where ``valid`` (sums, so that the batches of an evaluation add up
-      exactly; the eval loss is cross-entropy whatever ``loss_fn`` is).
+      :class:`MaskedSteps`, following the :class:`Steps` protocol. ``init(params,
+      model_state=None)`` (``model_state`` required when ``stateful``; no ``key``: these steps
+      draw no random numbers) gives the :class:`TrainState`. ``train_step`` returns
+      ``(new_state, {"loss": ...})``, the model run with ``train=True`` and
+      ``new_state.model_state`` its updated state. ``eval_step(params, mask, batch, frozen=None,
+      valid=None, *, model_state=None)`` runs it with ``train=False`` and returns the summed
+      softmax cross-entropy ``loss`` and ``correct`` count over the batch rows where ``valid``
+      (sums, so that the batches of an evaluation add up exactly; the eval loss is cross-entropy
+      whatever ``loss_fn`` is). Two calls with the same ``apply_fn`` and optimizer object and
+      equal options give equal steps, which share compiled programs.
 
     Example (``stateful=True``; a toy model whose state is a running mean of its inputs, as batch
     norm keeps one):
@@ -187,46 +261,78 @@ def make_steps(
       >>> sorted(steps.eval_step(state.params, mask, batch, model_state=state.model_state))
       ['correct', 'loss']
     """
-    _checks.check_choice(mode, MODES, name="mode")
+    return MaskedSteps(apply_fn, optimizer, mode, loss_fn, stateful)
 
-    def forward(params: Params, model_state: PyTree, x: Array, train: bool) -> tuple[Array, PyTree]:
-        if stateful:
-            return cast(StatefulApplyFn, apply_fn)(params, model_state, x, train=train)
-        return cast(ApplyFn, apply_fn)(params, x), model_state
 
-    def init(params: Params, model_state: PyTree | None = None) -> TrainState:
-        check_model_state(stateful, model_state, name="model_state")
+@dataclasses.dataclass(frozen=True)
+class MaskedSteps:
+    """The :class:`Steps` of :func:`make_steps`: the weights trained under a mask.
+
+    A frozen dataclass of what it is built from (see :func:`make_steps` for the fields): equal,
+    with equal hashes, when built from the same ``apply_fn``, optimizer object and options.
+    """
+
+    apply_fn: ApplyFn | StatefulApplyFn
+    optimizer: optax.GradientTransformation
+    mode: Mode = "zero"
+    loss_fn: LossFn = cross_entropy
+    stateful: bool = False
+
+    def __post_init__(self) -> None:
+        _checks.check_choice(self.mode, MODES, name="mode")
+        for name in ("apply_fn", "optimizer", "loss_fn"):
+            check_hashable(getattr(self, name), name=name)
+
+    def _forward(
+        self, params: Params, model_state: PyTree, x: Array, train: bool
+    ) -> tuple[Array, PyTree]:
+        if self.stateful:
+            return cast(StatefulApplyFn, self.apply_fn)(params, model_state, x, train=train)
+        return cast(ApplyFn, self.apply_fn)(params, x), model_state
+
+    def init(
+        self, params: Params, model_state: PyTree | None = None, *, key: Key | None = None
+    ) -> TrainState:
+        """The :class:`TrainState` at step 0; ``key`` must be ``None`` (nothing is sampled)."""
+        if key is not None:
+            raise ValueError(
+                "key must be None for the steps of train.make_steps: they draw no random "
+                f"numbers, so a key would go unused (got {key!r}); keys are for steps that "
+                "sample, e.g. supermask.make_steps'."
+            )
+        check_model_state(self.stateful, model_state, name="model_state")
         return TrainState(
             params,
-            optimizer.init(params),
+            self.optimizer.init(params),
             jnp.zeros((), jnp.int32),
             () if model_state is None else model_state,
         )
 
-    def loss_of(
-        params: Params, model_state: PyTree, mask: Mask, frozen: PyTree | None, batch: Batch
+    def _loss(
+        self, params: Params, model_state: PyTree, mask: Mask, frozen: PyTree | None, batch: Batch
     ) -> tuple[Array, PyTree]:
         x, y = batch
-        logits, model_state = forward(
-            effective_params(params, mask, frozen, mode), model_state, x, True
-        )
-        return loss_fn(logits, y), model_state
+        eff = effective_params(params, mask, frozen, self.mode)
+        logits, model_state = self._forward(eff, model_state, x, True)
+        return self.loss_fn(logits, y), model_state
 
     def train_step(
-        state: TrainState, mask: Mask, batch: Batch, frozen: PyTree | None = None
+        self, state: TrainState, mask: Mask, batch: Batch, frozen: PyTree | None = None
     ) -> tuple[TrainState, dict[str, Array]]:
-        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        """One step on ``batch``: masked gradients, optimizer, masked updates (module docstring)."""
+        (loss, model_state), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state.params, state.model_state, mask, frozen, batch
         )
         grads = _mask_tree(grads, mask)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, _mask_tree(updates, mask))
-        if mode == "zero":
+        if self.mode == "zero":
             # Exactly zero, whatever the optimizer did (e.g. decoupled weight decay).
             params = _mask_tree(params, mask)
         return TrainState(params, opt_state, state.step + 1, model_state), {"loss": loss}
 
     def eval_step(
+        self,
         params: Params,
         mask: Mask,
         batch: Batch,
@@ -235,16 +341,28 @@ def make_steps(
         *,
         model_state: PyTree | None = None,
     ) -> dict[str, Array]:
-        check_model_state(stateful, model_state, name="model_state")
+        """Summed cross-entropy ``loss`` and ``correct`` count over the rows where ``valid``."""
+        check_model_state(self.stateful, model_state, name="model_state")
         x, y = batch
         # Evaluation always sees m·w + (1-m)·frozen (frozen=None: zeros), so an untrained or
         # unmasked params tree evaluates as the masked network it stands for.
-        logits, _ = forward(
-            effective_params(params, mask, frozen, "forward"), model_state, x, False
-        )
-        losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
-        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-        w = jnp.ones_like(losses) if valid is None else valid.astype(losses.dtype)
-        return {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w)}
+        eff = effective_params(params, mask, frozen, "forward")
+        logits, _ = self._forward(eff, model_state, x, False)
+        return summed_eval(logits, y, valid)
 
-    return Steps(init, train_step, eval_step, mode, stateful)
+
+def summed_eval(logits: Array, labels: Array, valid: Array | None = None) -> dict[str, Array]:
+    """Summed softmax cross-entropy ``loss`` and ``correct`` count over the rows where ``valid``.
+
+    Sums, not means, so that the batches of an evaluation add up exactly.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> out = summed_eval(jnp.array([[2.0, 0.0], [0.0, 2.0]]), jnp.array([0, 0]))
+      >>> float(out["correct"])
+      1.0
+    """
+    losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    w = jnp.ones_like(losses) if valid is None else valid.astype(losses.dtype)
+    return {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w)}
