@@ -33,25 +33,14 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-def _force_host_devices() -> None:
-    """Split the CPU into host devices (for sharding tickets); only works before jax starts."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        count = max(os.cpu_count() or 1, 8)
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-
-
-_force_host_devices()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from jaxprune import data, masks, models, train  # noqa: E402
+from jaxprune import data, masks, models, train
 
 __all__ = [
     "FULL",
@@ -693,6 +682,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, N up to 32")
     args = parser.parse_args(argv)
+    # Sharded figures for 8 host devices as well as one per core (docs/benchmarks.md).
+    train.use_host_devices(max(os.cpu_count() or 1, 8))
     print(json.dumps(run(QUICK if args.quick else FULL), indent=2))
 
 

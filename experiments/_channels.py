@@ -21,7 +21,6 @@ import jax
 import numpy as np
 import optax
 
-from experiments import _study
 from jaxprune import data, masks, metrics, models, structured, train
 
 MILESTONES = (0.5, 0.75)
@@ -89,14 +88,20 @@ def set_lr(state: train.TrainState, lr: float) -> train.TrainState:
     return state._replace(opt_state=jax.device_put(opt_state, jax.devices()[0]))
 
 
-@functools.lru_cache(maxsize=64)
-def _steps_for(apply_fn: Any, momentum: float, weight_decay: float, penalty: float) -> train.Steps:
-    return train.make_steps(apply_fn, optimizer(momentum, weight_decay, penalty), stateful=True)
+@functools.cache
+def _optimizer_for(
+    momentum: float, weight_decay: float, penalty: float
+) -> optax.GradientTransformation:
+    # One optax object per setting: optax transformations are closures, equal only to themselves,
+    # and steps are equal (and share compiled programs) when built from the same optimizer object.
+    return optimizer(momentum, weight_decay, penalty)
 
 
 def steps(apply_fn: Any, momentum: float, weight_decay: float, penalty: float = 0.0) -> train.Steps:
-    """Stateful steps for ``apply_fn``, one object per setting (so compiled programs are reused)."""
-    return _steps_for(apply_fn, momentum, weight_decay, penalty)
+    """Stateful steps for ``apply_fn``: equal for equal settings, so compiled programs are reused."""
+    return train.make_steps(
+        apply_fn, _optimizer_for(momentum, weight_decay, penalty), stateful=True
+    )
 
 
 def build(
@@ -147,7 +152,7 @@ def fit(
     evaluation interval is its own fit call, still one compiled chunk).
     """
     n = int(jax.tree.leaves(state.params)[0].shape[0])
-    mesh = _study._mesh_for(n)
+    mesh = train.mesh_for(n)
     ones = jax.vmap(masks.ones)(state.params)
     parts: list[tuple[int, train.History]] = []
     done = 0

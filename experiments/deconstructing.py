@@ -34,15 +34,19 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments import _study
-from experiments._study import Config
-from jaxprune import criteria, data, plots, reset, results
+import jax
+import optax
 
-ALL_KEPT = tuple(k for k in reset.kept_names() if not k.endswith("_rescaled"))
+from experiments import _imp, _study
+from experiments._imp import Config
+from jaxprune import criteria, masks, plots, reset, results, supermask, sweep, tickets, train
+
+ALL_KEPT = _imp.PAPER_KEPT
 
 
 def quick() -> Config:
@@ -81,7 +85,7 @@ def mnist_fc() -> Config:
 
 
 def _cifar(model: str) -> Config:
-    return _study.cifar_preset(
+    return _imp.cifar_preset(
         model,
         seeds=3,
         criteria=criteria.names(),
@@ -94,7 +98,7 @@ def _cifar(model: str) -> Config:
 PRESETS: dict[str, Callable[[], Config]] = {
     "quick": quick,
     "mnist_fc": mnist_fc,
-    **{f"cifar10_{m}": functools.partial(_cifar, m) for m in _study.CIFAR_CONV},
+    **{f"cifar10_{m}": functools.partial(_cifar, m) for m in _imp.CIFAR_CONV},
 }
 
 
@@ -105,7 +109,7 @@ def report(folder: Path, cfg: Config) -> dict[str, Path]:
     c0, k0, p0 = cfg.criteria[0], cfg.kept[0], cfg.pruned[0]
     out: dict[str, Path] = {}
     common: dict[str, Any] = {"x": "density", "log_x": True, "invert_x": True, "xlabel": "density"}
-    sign_styles = {k: {"linestyle": "-" if k in _study.SIGN_PRESERVING else "--"} for k in ALL_KEPT}
+    sign_styles = {k: {"linestyle": "-" if k in _imp.SIGN_PRESERVING else "--"} for k in ALL_KEPT}
     slices = [
         ("criterion", {"kept": k0, "pruned": p0}, None),
         ("kept", {"criterion": c0, "pruned": p0}, sign_styles),
@@ -203,22 +207,79 @@ def summary(rows: Sequence[dict[str, Any]], cfg: Config, *, every_level: bool = 
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = _study.parser(__doc__ or "", PRESETS)
-    cfg, args = _study.config_from_args(p, argv, PRESETS)
-    tickets = _study.deconstructing_tickets(cfg)
-    try:
-        folder = _study.run(
-            "deconstructing", cfg, tickets, out=args.out, progress=not args.no_progress
+def table(cfg: Config) -> tickets.Table:
+    """Every (criterion, kept, pruned) combination of the grid for every seed, seed-major."""
+    return tickets.grid(
+        cfg.seeds, cfg.criteria, cfg.kept, cfg.pruned, layout=cfg.grid, key=_imp.keys()[0]
+    )
+
+
+def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
+    """Every level of every ticket, then the learned supermasks; returns the run folder."""
+    t = table(cfg)
+    return _imp.run(
+        "deconstructing", cfg, t, ["-"] * t.n, out=out, progress=progress,
+        extra=functools.partial(learned_supermasks, cfg),
+    )  # fmt: skip
+
+
+def learned_supermasks(
+    cfg: Config, store: results.Store, s: _imp.Setup, progress: bool
+) -> float:
+    """Weights frozen at θ₀, a logit per weight trained through a Bernoulli sample (Zhou et al.),
+    with and without dynamic weight rescaling: one committed unit; returns the training seconds."""
+    if not cfg.supermask_iterations or store.has("learned_supermask"):
+        return 0.0
+    rows, seconds = [], 0.0
+    keys = jax.random.split(jax.random.key(7), cfg.seeds)
+    ones = jax.vmap(masks.ones)(s.theta0)
+    batch = min(cfg.supermask_batch_size, len(s.ds.train.y))
+    for rescale in (False, True):
+        steps = supermask.make_steps(
+            s.apply_fn, optax.sgd(cfg.supermask_lr, momentum=0.9), rescale=rescale
         )
-    except data.DatasetNotAvailableError as e:
-        p.error(str(e))
-    paths = report(folder, cfg)
-    print(summary(results.Store(folder, cfg.to_json()).rows(), cfg, every_level=False))
-    print(f"\n{len(tickets)} tickets × {cfg.levels + 1} levels; results in {folder}")
-    for name, path in paths.items():
-        print(f"  {name}: {path}")
-    return 0
+        logits = jax.vmap(supermask.logits_init)(s.theta0)
+        state = jax.vmap(lambda lg, k, st=steps: st.init(lg, key=k))(logits, keys)
+        with train.count_compiles() as compiles:
+            t0 = time.perf_counter()
+            state, hist = train.fit(
+                steps, state, ones, s.ds.train, s.ds.val, s.ds.test,
+                iterations=cfg.supermask_iterations, batch_size=batch,
+                eval_every=min(cfg.eval_every, cfg.supermask_iterations),
+                data_key=jax.random.key(3), frozen=s.theta0, tickets=True,
+                mesh=train.mesh_for(cfg.seeds), progress=progress,
+                desc=f"learned supermask{' (rescaled)' if rescale else ''}",
+            )  # fmt: skip
+            seconds += time.perf_counter() - t0 - compiles.seconds
+        dens = sweep.prunable_density(jax.vmap(supermask.mask_of)(state.params))
+        for seed in range(cfg.seeds):
+            rows.append(
+                {
+                    "study": "deconstructing", "preset": cfg.preset, "dataset": cfg.dataset,
+                    "model": cfg.model, "seed": seed, "rescale": rescale,
+                    "density": float(dens[seed]), **sweep.history_columns(hist, seed),
+                    "iterations": cfg.supermask_iterations,
+                }
+            )  # fmt: skip
+    store.write("learned_supermask", rows)
+    return seconds
+
+
+def brief(folder: Path, cfg: Config) -> str:
+    """What the command prints: the summary without the every-level table."""
+    rows = results.Store(folder, cfg.to_json()).rows()
+    n = len({r["ticket"] for r in rows if "ticket" in r})
+    return (
+        summary(rows, cfg, every_level=False)
+        + f"\n{n} tickets × {cfg.levels + 1} levels (the every-level table is in summary.md)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _study.cli(
+        argv, __doc__ or "", PRESETS, help=_imp.HELP, check=_imp.validate, run=run,
+        report=report, brief=brief,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

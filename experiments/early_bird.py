@@ -89,8 +89,8 @@ from jax.typing import ArrayLike
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from experiments import _channels, _study  # _study sets the host device count before jax starts
-from jaxprune import data, models, plots, results, structured, train
+from experiments import _channels, _study
+from jaxprune import data, models, plots, results, structured, sweep, train
 
 ARMS = ("dense", "eb_continue", "eb_scratch")
 BN_MODELS = ("vgg", "resnet")  # the registry's models with batch norm: the masks need BN scales
@@ -469,7 +469,7 @@ def _dense_rows(
                 **_ticket_cols(ctx, search, seed, r), "arm": "dense", "params": ctx.dense_params,
                 "flops": ctx.dense_flops, "flops_ratio": 1.0, "start_iteration": 0,
                 "iterations": ctx.cfg.iterations, "steps_taken": int(steps_taken[seed]),
-                "train_cost": 1.0, **_study._history_cols(hist, seed),
+                "train_cost": 1.0, **sweep.history_columns(hist, seed),
             })  # fmt: skip
     return rows
 
@@ -554,7 +554,7 @@ def _retrain(ctx: _Ctx, search: Search, tickets: Any, r: int, arm: str,
                 data_key=jax.random.fold_in(ctx.root, 1 + (arm == "eb_scratch")),
                 progress=ctx.progress, desc=f"p={cfg.ratios[r]:g} {arm} ({len(members)} seeds)",
             )  # fmt: skip
-            cols = [_study._history_cols(hist, i, start) for i in range(len(members))]
+            cols = [sweep.history_columns(hist, i, start) for i in range(len(members))]
         else:  # the ticket was drawn at the last iteration: nothing left to train
             acc = _channels.test_accuracy(steps, state, ctx.ds)
             cols = [_untrained_cols(float(a), start) for a in acc]

@@ -34,11 +34,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments import _study
-from experiments._study import Config
-from jaxprune import data, plots, results
+from experiments import _imp, _study
+from experiments._imp import Config
+from jaxprune import plots, results, tickets
 
-CONTROLS = ("reinit", "random_mask")
+CONTROLS = _imp.CONTROLS
 
 
 def quick() -> Config:
@@ -71,13 +71,13 @@ def mnist_lenet() -> Config:
 
 
 def _cifar(model: str) -> Config:
-    return _study.cifar_preset(model, seeds=5, controls=CONTROLS)
+    return _imp.cifar_preset(model, seeds=5, controls=CONTROLS)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
     "quick": quick,
     "mnist_lenet": mnist_lenet,
-    **{f"cifar10_{m}": functools.partial(_cifar, m) for m in _study.CIFAR_CONV},
+    **{f"cifar10_{m}": functools.partial(_cifar, m) for m in _imp.CIFAR_CONV},
 }
 
 
@@ -127,22 +127,39 @@ def summary(rows: Sequence[dict[str, Any]], cfg: Config) -> str:
     return head + "\n" + table
 
 
+def table(cfg: Config) -> tuple[tickets.Table, list[str]]:
+    """Per seed: the ticket (``criteria[0]``, ``kept[0]``), then each control of ``cfg.controls``;
+    and each ticket's ``control`` label.
+
+    ``reinit`` takes the ticket's mask at every level and random weights (Frankle & Carbin's
+    control); ``random_mask`` prunes at random — the same per-layer counts — from θ₀.
+    """
+    out: list[tickets.Ticket] = []
+    labels: list[str] = []
+    c0, k0, p0 = cfg.criteria[0], cfg.kept[0], cfg.pruned[0]
+    for seed in range(cfg.seeds):
+        ticket = len(out)
+        out.append(tickets.Ticket(seed, c0, k0, p0))
+        labels.append("ticket")
+        for control in cfg.controls:
+            if control == "reinit":
+                out.append(tickets.Ticket(seed, c0, "reinit", p0, source=ticket))
+            else:
+                out.append(tickets.Ticket(seed, "random", k0, p0))
+            labels.append(control)
+    return tickets.table(out, key=_imp.keys()[0]), labels
+
+
+def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
+    """Every level of the tickets and their controls; returns the run folder."""
+    t, labels = table(cfg)
+    return _imp.run("lottery_ticket", cfg, t, labels, out=out, progress=progress)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _study.parser(__doc__ or "", PRESETS)
-    cfg, args = _study.config_from_args(p, argv, PRESETS)
-    tickets = _study.lottery_tickets(cfg)
-    try:
-        folder = _study.run(
-            "lottery_ticket", cfg, tickets, out=args.out, progress=not args.no_progress
-        )
-    except data.DatasetNotAvailableError as e:
-        p.error(str(e))
-    paths = report(folder, cfg)
-    print(summary(results.Store(folder, cfg.to_json()).rows(), cfg))
-    print(f"{len(tickets)} tickets × {cfg.levels + 1} levels; results in {folder}")
-    for name, path in paths.items():
-        print(f"  {name}: {path}")
-    return 0
+    return _study.cli(
+        argv, __doc__ or "", PRESETS, help=_imp.HELP, check=_imp.validate, run=run, report=report
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,8 @@ resumable), ``state/`` (masks and weights per level, orbax), ``results.csv``, ``
 from __future__ import annotations
 
 import dataclasses
-import functools
+import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from experiments import _study  # sets the host device count before jax's backend starts
-from jaxprune import data, masks, models, plots, results, saliency, select, train
+from experiments import _study
+from jaxprune import data, models, plots, results, saliency, sweep, tickets, train
 
 METHODS = ("obd", "magnitude")
+ROOT_KEY = 19900101
 SCOPES = ("global", "layerwise")
 
 
@@ -140,43 +139,22 @@ PRESETS: dict[str, Callable[[], Config]] = {
 }
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "method", "scope", "hessian", "probes"))
-def _prune(
-    apply_fn: Any,
-    method: str,
-    scope: str,
-    hessian: Any,  # a name of saliency.OBD_METHODS
-    probes: int,
-    params: Any,
-    mask: Any,
-    batch: Any,
-    keys: Any,
-    rate: jax.Array,
-) -> Any:
-    """Per ticket: score the trained (masked) weights, drop ``rate`` of the remaining ones."""
-
-    def one(p: Any, m: Any, k: Any) -> Any:
-        if method == "obd":
-            s = saliency.obd(apply_fn, p, batch, method=hessian, probes=probes, key=k)
-        else:
-            s = jax.tree.map(jnp.abs, p)
-        pick = select.global_ if scope == "global" else select.layerwise
-        return pick(s, m, rate, key=jax.random.fold_in(k, 1))
-
-    return jax.vmap(one)(params, mask, keys)
+def table(cfg: Config) -> tickets.Table:
+    """Every method × seed: OBD scores (``"obd"``) or magnitude (``large_final``), and every kept
+    weight continues from its trained value (``fine_tune``): LeCun's prune-and-retrain loop."""
+    crit = {"obd": "obd", "magnitude": "large_final"}
+    return tickets.table(
+        [tickets.Ticket(s, crit[m], "fine_tune") for m in cfg.methods for s in range(cfg.seeds)],
+        key=jax.random.split(jax.random.key(ROOT_KEY))[0],
+    )
 
 
 def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     """Train dense, then prune and retrain every ticket level by level; returns the folder."""
     validate(cfg)
     ds = data.load(cfg.dataset, seed=0, val_size=cfg.val_size, data_dir=cfg.data_dir)
-    if cfg.batch_size > len(ds.train.y):
-        raise ValueError(
-            f"--batch-size must be at most the {len(ds.train.y)} training examples of "
-            f"{cfg.dataset!r}, got {cfg.batch_size}."
-        )
     options = {"hidden": cfg.hidden} if cfg.model == "mlp" and cfg.hidden else {}
-    funcs = [
+    nets = [
         models.functional(
             models.build(
                 cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, seed=s,
@@ -185,119 +163,39 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
         )
         for s in range(cfg.seeds)
     ]  # fmt: skip
-    apply_fn = funcs[0][0]
-    size = models.param_count(funcs[0][1])
+    apply_fn = nets[0][0]
+    size = models.param_count(nets[0][1])
     if "obd" in cfg.methods and cfg.hessian == "exact" and size > saliency.EXACT_LIMIT:
         raise ValueError(
             f"--hessian exact takes one Hessian-vector product per weight, for models of at most "
             f"{saliency.EXACT_LIMIT} params; {cfg.model} has {size}. Use --hessian hutchinson "
             "(with --probes), --hessian gauss_newton, or a smaller model (--model mlp --hidden 32)."
         )
-    store = results.Store(results.run_dir(out, "obd", cfg.to_json()), cfg.to_json())
-    state_dir = store.path / "state"
-    theta0 = train.stack([f[1] for f in funcs])
-    labels = [(m, s) for m in cfg.methods for s in range(cfg.seeds)]
-    n = len(labels)
-    steps = train.make_steps(apply_fn, optax.adam(cfg.lr))
-    root = jax.random.key(19900101)
     pick = np.random.default_rng(0).permutation(len(ds.train.y))[: cfg.score_examples]
     batch = (jnp.asarray(ds.train.x[pick]), jnp.asarray(ds.train.y[pick]))
+
+    def obd(w_init: Any, w_final: Any, *, grads: Any, mask: Any, key: Any) -> Any:
+        """½·h_qq·θ_q² of the trained (pruned) weights."""
+        del w_init, grads, mask
+        return saliency.obd(
+            apply_fn, w_final, batch, method=cfg.hessian, probes=cfg.probes, key=key  # type: ignore[arg-type]
+        )
+
+    t = table(cfg)
+    store = results.Store(results.run_dir(out, "obd", cfg.to_json()), cfg.to_json())
     base = {"study": "obd", "preset": cfg.preset, "dataset": cfg.dataset, "model": cfg.model,
             "scope": cfg.scope, "hessian": cfg.hessian}  # fmt: skip
-    done = set(store.done())
-    start = time.time()
-    like = {"mask": _stack_labels(jax.vmap(masks.ones)(theta0), labels),
-            "params": _stack_labels(theta0, labels)}  # fmt: skip
-
-    if "level_000" in done:
-        saved = train.checkpoint.restore(state_dir / "level_000", like=like)
-    else:
-        ones = jax.vmap(masks.ones)(theta0)
-        state, hist = _fit(cfg, ds, steps, theta0, ones, cfg.iterations, progress, "dense")
-        params = _stack_labels(state.params, labels)
-        saved = {"mask": _stack_labels(ones, labels), "params": params}
-        train.checkpoint.save(state_dir / "level_000", saved, overwrite=True)
-        rows = [
-            {
-                **base,
-                "method": m,
-                "seed": s,
-                "level": 0,
-                "density": 1.0,
-                "pruned_test_acc": None,
-                **_study._history_cols(hist, s),
-            }
-            for m, s in labels
-        ]
-        store.write("level_000", rows)
-    mask, params = saved["mask"], saved["params"]
-
-    bar = tqdm(range(1, cfg.levels + 1), desc="obd: levels", unit="level", disable=not progress)
-    for level in bar:
-        name = f"level_{level:03d}"
-        if name in done:
-            saved = train.checkpoint.restore(state_dir / name, like=like)
-            mask, params = saved["mask"], saved["params"]
-            continue
-        keys = jax.vmap(lambda i, lv=level: jax.random.fold_in(jax.random.fold_in(root, lv), i))(
-            jnp.arange(n)
-        )
-        new = mask
-        for method in cfg.methods:
-            idx = [i for i, (m, _) in enumerate(labels) if m == method]
-            part = _prune(
-                apply_fn, method, cfg.scope, cfg.hessian, cfg.probes,
-                _study._take(params, idx), _study._take(mask, idx), batch, keys[np.asarray(idx)],
-                jnp.float32(cfg.rate),
-            )  # fmt: skip
-            new = _study._put(new, idx, part)
-        mask = new
-        pruned = jax.vmap(masks.apply)(params, mask)
-        pruned_acc = np.asarray(
-            train.evaluate(steps, pruned, mask, None, *ds.test, tickets=True)[1]
-        )
-        state, hist = _fit(
-            cfg, ds, steps, pruned, mask, cfg.retrain_iterations, progress,
-            f"level {level}/{cfg.levels}",
-        )  # fmt: skip
-        params = jax.device_put(state.params, jax.devices()[0])
-        train.checkpoint.save(state_dir / name, {"mask": mask, "params": params}, overwrite=True)
-        dens = _study._density(mask)
-        rows = [
-            {
-                **base,
-                "method": m,
-                "seed": s,
-                "level": level,
-                "density": float(dens[i]),
-                "pruned_test_acc": float(pruned_acc[i]),
-                **_study._history_cols(hist, i),
-            }
-            for i, (m, s) in enumerate(labels)
-        ]
-        store.write(name, rows)
-    bar.close()
-    store.write_csv()
-    (store.path / "elapsed.txt").write_text(f"{time.time() - start:.1f} s (this invocation)\n")
-    return store.path
-
-
-def _stack_labels(per_seed: Any, labels: Sequence[tuple[str, int]]) -> Any:
-    """Seed-stacked leaves → label-stacked (one row per ticket), on the host."""
-    return _study._take(per_seed, [s for _, s in labels])
-
-
-def _fit(
-    cfg: Config, ds: data.Dataset, steps: train.Steps, params: Any, mask: Any, iterations: int,
-    progress: bool, desc: str,
-) -> tuple[Any, train.History]:  # fmt: skip
-    n = jax.tree.leaves(mask)[0].shape[0]
-    return train.fit(
-        steps, jax.vmap(steps.init)(params), mask, ds.train, ds.val, ds.test,
-        iterations=iterations, batch_size=cfg.batch_size,
-        eval_every=min(cfg.eval_every, iterations), data_key=jax.random.key(7), tickets=True,
-        mesh=_study._mesh_for(n), progress=progress, desc=f"{desc} ({n} tickets)",
+    done = sweep.run_levels(
+        store, t, apply_fn, train.stack([n[1] for n in nets]), ds,
+        optimizer=optax.adam(cfg.lr), levels=cfg.levels, rates=cfg.rate,
+        iterations=cfg.retrain_iterations, dense_iterations=cfg.iterations,
+        batch_size=cfg.batch_size, eval_every=cfg.eval_every,
+        key=jax.random.split(jax.random.key(ROOT_KEY))[1], scope=cfg.scope,
+        scorers={"obd": obd}, columns=[{**base, "method": m} for m in cfg.methods for _ in range(cfg.seeds)],
+        progress=progress, desc="obd: levels",
     )  # fmt: skip
+    (store.path / "timings.json").write_text(json.dumps(done.timings, indent=1) + "\n")
+    return store.path
 
 
 def summary(rows: Sequence[dict[str, Any]], cfg: Config) -> str:
@@ -305,12 +203,12 @@ def summary(rows: Sequence[dict[str, Any]], cfg: Config) -> str:
     return (
         f"# Optimal Brain Damage vs magnitude — preset `{cfg.preset}` ({cfg.dataset}, "
         f"{cfg.model}, {cfg.scope} ranking, {cfg.hessian} Hessian diagonal)\n\n"
-        f"{cfg.seeds} seeds, mean ± std. `pruned_test_acc`: right after pruning, before "
+        f"{cfg.seeds} seeds, mean ± std. `untrained_acc`: right after pruning, before "
         f"retraining; the others after {cfg.retrain_iterations} retraining iterations.\n\n"
         + results.markdown_table(
             rows,
             by=["level", "method"],
-            values=["density", "pruned_test_acc", "early_stop_test_acc", "final_test_acc"],
+            values=["density", "untrained_acc", "early_stop_test_acc", "final_test_acc"],
         )
     )
 
@@ -322,7 +220,7 @@ def report(folder: Path, cfg: Config) -> dict[str, Path]:
                               "invert_x": True, "xlabel": "density"}  # fmt: skip
     out = {
         "accuracy_pruned": plots.line_plot(
-            [r for r in rows if r["level"] != 0], y="pruned_test_acc",
+            [r for r in rows if r["level"] != 0], y="untrained_acc",
             path=folder / "accuracy_pruned.png", ylabel="test accuracy before retraining",
             title="Right after pruning", **common,
         ),

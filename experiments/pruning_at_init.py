@@ -42,8 +42,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from experiments import _study  # sets the host device count before jax's backend starts
-from jaxprune import data, masks, models, plots, results, saliency, select, train
+from experiments import _study
+from jaxprune import data, masks, models, plots, results, saliency, select, sweep, train
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow", "obd", "taylor")
 SCOPES = ("layerwise", "global")
@@ -270,7 +270,7 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
         )
         params0 = train.stack([jax.tree.map(lambda a, s=s: a[s], theta0) for *_, s in labels])
         min_dens, collapsed = layer_stats(mask, theta0)
-        dens = _study._density(mask)
+        dens = sweep.prunable_density(mask)
         train.checkpoint.save(store.path / "state" / unit, {"mask": mask}, overwrite=True)
         _, hist = _fit(cfg, ds, steps, params0, mask, progress, f"density {d:g}")
         rows = [
@@ -319,7 +319,7 @@ def _row(
         "compression": math.log10(1.0 / target),
         "min_layer_density": min_layer_density,
         "collapsed": collapsed,
-        **_study._history_cols(hist, i),
+        **sweep.history_columns(hist, i),
     }
 
 
@@ -332,7 +332,7 @@ def _fit(
     return train.fit(
         steps, state, mask, ds.train, ds.val, ds.test, iterations=cfg.iterations,
         batch_size=cfg.batch_size, eval_every=min(cfg.eval_every, cfg.iterations),
-        data_key=jax.random.key(1), tickets=True, mesh=_study._mesh_for(n),
+        data_key=jax.random.key(1), tickets=True, mesh=train.mesh_for(n),
         progress=progress, desc=f"{desc} ({n} tickets)",
     )  # fmt: skip
 

@@ -68,7 +68,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments import _channels, _study  # _study sets the host device count before jax starts
+from experiments import _channels, _study
 from jaxprune import data, models, plots, results, structured, train
 
 METHODS = ("l1", "slimming")

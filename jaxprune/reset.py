@@ -20,7 +20,10 @@ keep a non-zero magnitude and the signed ones keep every sign), :math:`n_\ell` i
 * ``constant``: :math:`\alpha_\ell\cdot\mathrm{sign}(\pi(w_i))` — random signs in the same
   proportion as :math:`w_i`'s (sign dropped);
 * ``signed_constant``: :math:`\alpha_\ell\cdot\mathrm{sign}(w_i)` (sign kept);
-* ``<any of these>_rescaled``: the base value :math:`\times\, n_\ell / \max(k_\ell, 1)`.
+* ``<any of these>_rescaled``: the base value :math:`\times\, n_\ell / \max(k_\ell, 1)`;
+* ``fine_tune``: :math:`w_f`, the trained value (no rewinding: the prune-and-retrain loop of
+  LeCun et al. 1990 and Han et al. 2015, which Renda et al. 2020 compare with rewinding); needs
+  ``w_final``.
 
 A weight initialised at exactly 0 has sign 0, so the signed resets and the constants keep it at 0.
 
@@ -60,9 +63,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxprune import _checks, masks, select
-from jaxprune._types import Array, Key, Mask, Params, Prunable
+from jaxprune._types import Array, Key, Mask, Params, Prunable, PyTree
 
 __all__ = [
     "KEPT",
@@ -70,17 +74,21 @@ __all__ = [
     "Rule",
     "kept_names",
     "needs",
+    "permutations",
     "pruned_names",
     "pruned_values",
     "reset",
     "reset_kept",
+    "start_params",
 ]
 
 
 class Rule(NamedTuple):
     """A registered reset: a per-leaf function on flattened leaves and the inputs it needs.
 
-    Kept rules are ``fn(w_init, mask, key) -> values``; pruned rules are
+    Kept rules are ``fn(w_init, mask, perm, w_final) -> values``, ``perm`` the leaf's random
+    permutation (:func:`permutations`) when ``needs`` holds ``"key"``, else ``None``, and
+    ``w_final`` ``None`` unless ``needs`` holds it; pruned rules are
     ``fn(w_init, w_final, mask, key) -> frozen`` (0 at kept positions). ``needs`` is a subset of
     ``{"key", "w_final"}``.
     """
@@ -95,35 +103,37 @@ _NOTHING: frozenset[str] = frozenset()
 
 
 # --- kept weights: per leaf, on 1-D (flattened) arrays --------------------------------------
+# ``perm`` is the leaf's permutation(leaf_key, size) when the rule draws one (else None); every
+# random kept reset reads the same permutation, so a batch of resets can share one draw.
 
 
-def _rewind(w: Array, m: Array, key: Key | None) -> Array:
-    del m, key
+def _rewind(w: Array, m: Array, perm: Array | None, wf: Array | None) -> Array:
+    del m, perm, wf
     return w
 
 
-def _reinit(w: Array, m: Array, key: Key) -> Array:
-    del m
-    return w[jax.random.permutation(key, w.size)]
+def _reinit(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:
+    del m, wf
+    return w[perm]
 
 
-def _signed_reinit(w: Array, m: Array, key: Key) -> Array:
-    return jnp.abs(_reinit(w, m, key)) * jnp.sign(w)
+def _signed_reinit(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:
+    return jnp.abs(_reinit(w, m, perm, wf)) * jnp.sign(w)
 
 
-def _reshuffle(w: Array, m: Array, key: Key) -> Array:
+def _reshuffle(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:
     # Boolean indexing would need a concrete mask; instead list the kept positions first, once in
     # a random order (sources) and once in index order (targets), and scatter. Kept values then
     # only move among kept positions, so their multiset is preserved exactly, for a traced mask.
-    rand = jax.random.permutation(key, w.size)
+    del wf
     index = jnp.arange(w.size)
-    sources = jnp.lexsort((rand, ~m))
+    sources = jnp.lexsort((perm, ~m))
     targets = jnp.lexsort((index, ~m))
     return w.at[targets].set(w[sources])
 
 
-def _signed_reshuffle(w: Array, m: Array, key: Key) -> Array:
-    return jnp.abs(_reshuffle(w, m, key)) * jnp.sign(w)
+def _signed_reshuffle(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:
+    return jnp.abs(_reshuffle(w, m, perm, wf)) * jnp.sign(w)
 
 
 def _alpha(w: Array) -> Array:
@@ -132,20 +142,25 @@ def _alpha(w: Array) -> Array:
     return jnp.where(std > 1e-6 * jnp.max(jnp.abs(w)), std, jnp.mean(jnp.abs(w)))
 
 
-def _constant(w: Array, m: Array, key: Key) -> Array:
-    return _alpha(w) * jnp.sign(_reinit(w, m, key))
+def _constant(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:
+    return _alpha(w) * jnp.sign(_reinit(w, m, perm, wf))
 
 
-def _signed_constant(w: Array, m: Array, key: Key | None) -> Array:
-    del m, key
+def _signed_constant(w: Array, m: Array, perm: Array | None, wf: Array | None) -> Array:
+    del m, perm, wf
     return _alpha(w) * jnp.sign(w)
 
 
+def _fine_tune(w: Array, m: Array, perm: Array | None, wf: Array) -> Array:
+    del w, m, perm
+    return wf
+
+
 def _rescaled(fn: Callable[..., Array]) -> Callable[..., Array]:
-    def scaled(w: Array, m: Array, key: Key | None) -> Array:
+    def scaled(w: Array, m: Array, perm: Array | None, wf: Array | None) -> Array:
         # An empty leaf has no kept position to write, so any finite factor will do there.
         kept = jnp.maximum(jnp.sum(m, dtype=jnp.int32), 1)
-        return fn(w, m, key) * (w.size / kept).astype(w.dtype)
+        return fn(w, m, perm, wf) * (w.size / kept).astype(w.dtype)
 
     return scaled
 
@@ -164,6 +179,7 @@ KEPT: Mapping[str, Rule] = types.MappingProxyType(
     {
         **_BASE_KEPT,
         **{f"{n}_rescaled": Rule(_rescaled(r.fn), r.needs) for n, r in _BASE_KEPT.items()},
+        "fine_tune": Rule(_fine_tune, _W_FINAL),
     }
 )
 """Kept-weight resets by name (see the module table)."""
@@ -217,7 +233,7 @@ PRUNED: Mapping[str, Rule] = types.MappingProxyType(
 
 
 def kept_names() -> tuple[str, ...]:
-    """Names of the kept-weight resets, base names first, then their ``_rescaled`` forms."""
+    """Names of the kept-weight resets: the base names, their ``_rescaled`` forms, ``fine_tune``."""
     return tuple(KEPT)
 
 
@@ -268,6 +284,31 @@ def _leaf_key(key: Key | None, index: int) -> Key | None:
     return None if key is None else jax.random.fold_in(key, index)
 
 
+def permutations(w_init: Params, key: Key) -> PyTree:
+    """The random permutation every random kept reset of :func:`reset_kept` draws, per leaf:
+    leaf ``j``'s is ``jax.random.permutation(fold_in(key, j), size_j)`` (int32, flat).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import reset
+      >>> w = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+      >>> m = {"w": jnp.ones((2, 2), bool)}
+      >>> perms = reset.permutations(w, jax.random.key(0))
+      >>> a = reset.reset_kept("reinit", w, m, permutations=perms)["w"]
+      >>> bool((a == reset.reset_kept("reinit", w, m, key=jax.random.key(0))["w"]).all())
+      True
+    """
+    _checks.check_key(key)
+    _checks.require(key, name="key", why="by permutations")
+    return jax.tree.unflatten(
+        jax.tree.structure(w_init),
+        [
+            jax.random.permutation(jax.random.fold_in(key, j), int(np.size(w)))
+            for j, w in enumerate(jax.tree.leaves(w_init))
+        ],
+    )
+
+
 def reset_kept(
     name: str,
     w_init: Params,
@@ -275,6 +316,8 @@ def reset_kept(
     *,
     key: Key | None = None,
     prunable: Prunable = None,
+    w_final: Params | None = None,
+    permutations: PyTree | None = None,
 ) -> Params:
     """The starting values of the kept weights, by reset name (formulas in the module table).
 
@@ -285,6 +328,10 @@ def reset_kept(
       key: PRNG key (``jax.random.key``); required by the random resets (:func:`needs`).
       prunable: which leaves are reset (a :data:`~jaxprune._types.Prunable` spec); the other
         leaves are returned as ``w_init`` (rewound).
+      w_final: trained params like ``w_init``; required by ``fine_tune``.
+      permutations: the leaves' permutations, ``permutations(w_init, key)``, instead of ``key``:
+        the random resets all read the same permutation, so resets of one ticket by several
+        names can share a single draw.
 
     Returns:
       Params like ``w_init``: the reset values at kept positions of prunable leaves and ``w_init``
@@ -299,18 +346,31 @@ def reset_kept(
       [[10.0, -10.0], [7.0, -1.0]]
     """
     _checks.check_choice(name, KEPT, name="kept reset")
-    _check_inputs(w_init, mask, None, key)
+    _check_inputs(w_init, mask, w_final, key)
     rule = KEPT[name]
-    _require(rule.needs, key, None, by=f"kept reset {name!r}")
+    if permutations is not None:
+        _checks.check_same_structure(permutations, w_init, name="permutations", ref_name="w_init")
+    else:
+        _require(rule.needs & _KEY, key, None, by=f"kept reset {name!r}")
+    _require(rule.needs - _KEY, None, w_final, by=f"kept reset {name!r}")
     flags = jax.tree.leaves(masks.is_prunable(w_init, prunable))
     w_leaves, treedef = jax.tree.flatten(w_init)
+    n = len(w_leaves)
+    f_leaves = [None] * n if w_final is None else jax.tree.leaves(w_final)
+    p_leaves = [None] * n if permutations is None else jax.tree.leaves(permutations)
     out = []
-    for j, (w, m, flag) in enumerate(zip(w_leaves, jax.tree.leaves(mask), flags, strict=True)):
+    for j, (w, wf, m, flag, perm) in enumerate(
+        zip(w_leaves, f_leaves, jax.tree.leaves(mask), flags, p_leaves, strict=True)
+    ):
         w, m = jnp.asarray(w), jnp.asarray(m)
         if not flag or w.size == 0:
             out.append(w)
             continue
-        values = rule.fn(w.ravel(), m.ravel(), _leaf_key(key, j)).reshape(w.shape)
+        if "key" in rule.needs and perm is None:
+            assert key is not None  # _require above
+            perm = jax.random.permutation(jax.random.fold_in(key, j), w.size)
+        wf = None if wf is None else jnp.ravel(jnp.asarray(wf, w.dtype))
+        values = rule.fn(w.ravel(), m.ravel(), perm, wf).reshape(w.shape)
         out.append(jnp.where(m, values.astype(w.dtype), w))
     return jax.tree.unflatten(treedef, out)
 
@@ -323,9 +383,9 @@ def pruned_values(
     w_final: Params | None = None,
     key: Key | None = None,
 ) -> Params:
-    """The frozen values of the pruned weights, by name: the ``w_frozen`` of ``"forward"`` mode.
+    r"""The frozen values of the pruned weights, by name: the ``w_frozen`` of ``"forward"`` mode.
 
-    The training engine's forward pass then sees :math:`m\\cdot w + (1-m)\\cdot w_{frozen}`.
+    The training engine's forward pass then sees :math:`m\cdot w + (1-m)\cdot w_{frozen}`.
     Only the mask decides what is pruned (non-prunable leaves have all-True masks).
 
     Args:
@@ -413,11 +473,42 @@ def reset(
     need = needs(kept, pruned)
     _check_inputs(w_init, mask, w_final, key)
     _require(need, key, w_final, by=f"kept={kept!r}, pruned={pruned!r}")
-    kept_key = _leaf_key(key, 0)
-    pruned_key = _leaf_key(key, 1)
-    start = reset_kept(kept, w_init, mask, key=kept_key, prunable=prunable)
-    frozen = pruned_values(pruned, w_init, mask, w_final=w_final, key=pruned_key)
+    start = reset_kept(kept, w_init, mask, key=_leaf_key(key, 0), prunable=prunable, w_final=w_final)
+    frozen = pruned_values(pruned, w_init, mask, w_final=w_final, key=_leaf_key(key, 1))
+    return start_params(start, frozen, mask, pruned=pruned, w_init=w_init, w_final=w_final,
+                        prunable=prunable), frozen  # fmt: skip
+
+
+def start_params(
+    start: Params,
+    frozen: Params,
+    mask: Mask,
+    *,
+    pruned: str,
+    w_init: Params,
+    w_final: Params | None = None,
+    prunable: Prunable = None,
+) -> Params:
+    r"""The params to train from, given the kept values and the pruned values:
+    :math:`\theta = \mathrm{where}(M, \mathrm{start}, w_{frozen})`.
+
+    For ``pruned="freeze_init_zero_all"`` (Variant 2) the kept weights of prunable leaves that
+    moved toward zero (:math:`|w_i| > |w_f|`) start at 0 instead. :func:`reset` is
+    :func:`reset_kept` (key ``fold_in(key, 0)``), :func:`pruned_values` (``fold_in(key, 1)``) and
+    this; calling the three apart lets a ticket batch compute each kept reset and each pruned
+    value once for all the tickets that use it.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import reset
+      >>> m = {"w": jnp.array([True, False])}
+      >>> reset.start_params({"w": jnp.array([5.0, 5.0])}, {"w": jnp.array([0.0, 7.0])}, m,
+      ...                    pruned="freeze_init", w_init={"w": jnp.array([1.0, 7.0])})["w"].tolist()
+      [5.0, 7.0]
+    """
+    _checks.check_choice(pruned, PRUNED, name="pruned value")
     if pruned == "freeze_init_zero_all":
+        _require(PRUNED[pruned].needs - _KEY, None, w_final, by=f"pruned value {pruned!r}")
         flags = masks.is_prunable(w_init, prunable)
         start = jax.tree.map(
             lambda s, wi, wf, flag: jnp.where(_toward_zero(wi, wf), 0, s) if flag else s,
@@ -426,5 +517,4 @@ def reset(
             w_final,
             flags,
         )
-    params = jax.tree.map(lambda s, m, f: jnp.where(m, s, f), start, mask, frozen)
-    return params, frozen
+    return jax.tree.map(lambda s, m, f: jnp.where(m, s, f), start, mask, frozen)

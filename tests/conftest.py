@@ -1,13 +1,13 @@
 """Strict test settings: implicit rank promotion raises, warnings are errors (pyproject)."""
 
-import os
-
-# Tests that shard tickets over devices need several host devices; must be set before jax starts.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
 import jax
 import pytest
 from hypothesis import settings
+
+from jaxprune import train
+
+# Tests that shard tickets over devices need several host devices (before jax computes anything).
+train.use_host_devices(8)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -26,7 +26,7 @@ BASES = (
     "constant",
     "signed_constant",
 )
-KEPT = (*BASES, *(f"{b}_rescaled" for b in BASES))
+KEPT = (*BASES, *(f"{b}_rescaled" for b in BASES), "fine_tune")
 PRUNED = (
     "zero",
     "freeze_init",
@@ -99,13 +99,19 @@ def np_kept_leaf(name: str, w: np.ndarray, m: np.ndarray, perm: np.ndarray) -> n
     return np.where(m, v, w).reshape(shape)
 
 
-def np_kept(name: str, w_init: dict, mask: dict, key: jax.Array, prunable=KERNELS) -> list:
+def np_kept(
+    name: str, w_init: dict, mask: dict, key: jax.Array, prunable=KERNELS, w_final=None
+) -> list:
     out = []
+    finals = dict(paths_and_leaves(w_final)) if w_final is not None else {}
     for j, ((path, w), (_, m)) in enumerate(
         zip(paths_and_leaves(w_init), paths_and_leaves(mask), strict=True)
     ):
         if path not in prunable:
             out.append(w)
+            continue
+        if name == "fine_tune":  # the trained value where kept, w_init elsewhere
+            out.append(np.where(m, finals[path], w))
             continue
         perm = np.asarray(jax.random.permutation(leaf_key(key, j), w.size))
         out.append(np_kept_leaf(name, w, m, perm))
@@ -164,7 +170,7 @@ FC1_ONLY = ("rewind", "reshuffle_rescaled", "constant")  # the prunable rule is 
 def everything(w_init, mask, w_final, key) -> dict:
     """Every registered name at once: one compile serves all tests (XLA compiles are slow on CPU)."""
     return {
-        "kept": {n: reset.reset_kept(n, w_init, mask, key=key) for n in KEPT},
+        "kept": {n: reset.reset_kept(n, w_init, mask, key=key, w_final=w_final) for n in KEPT},
         "kept_fc1": {
             n: reset.reset_kept(n, w_init, mask, key=key, prunable="fc1.*kernel") for n in FC1_ONLY
         },
@@ -200,6 +206,7 @@ def test_names_and_needs() -> None:
     need_key = {"reinit", "signed_reinit", "reshuffle", "signed_reshuffle", "constant"}
     for name in KEPT:
         expected = {"key"} if name.removesuffix("_rescaled") in need_key else set()
+        expected |= {"w_final"} if name == "fine_tune" else set()
         assert reset.needs(name, "zero") == frozenset(expected), name
     assert reset.needs("rewind", "freeze_init") == frozenset()
     assert reset.needs("rewind", "freeze_init_zero_mask") == {"w_final"}
@@ -216,8 +223,9 @@ SEEDS = (10, 11, 12)
 @pytest.mark.parametrize("name", KEPT)
 def test_reset_kept_matches_numpy(name: str) -> None:
     for seed in SEEDS:
-        w_init, mask, _, key = ticket(seed)
-        assert_leaves_close(results(seed)["kept"][name], np_kept(name, w_init, mask, key))
+        w_init, mask, w_final, key = ticket(seed)
+        want = np_kept(name, w_init, mask, key, w_final=w_final)
+        assert_leaves_close(results(seed)["kept"][name], want)
 
 
 def test_reset_kept_eager_matches_numpy() -> None:

@@ -137,14 +137,15 @@ def test_obd_study_prunes_the_lowest_saliency_of_the_trained_weights(tmp_path, c
         for _ in range(r["level"]):
             kept -= math.floor(0.5 * kept + 0.5)
         assert r["density"] == pytest.approx(kept / sizes)
-        assert (r["pruned_test_acc"] is None) == (r["level"] == 0)
+        assert (r["untrained_acc"] is None) == (r["level"] == 0)
     # The magnitude ticket's level-1 mask is the global top half of its trained dense weights.
     p = _params("mlp", hidden=(16,))
-    like = {"mask": _like(p, 2, bool), "params": _like(p, 2, np.float32)}
-    dense = train.checkpoint.restore(folder / "state" / "level_000", like=like)
+    like0 = {"theta_k": _like(p, 1, np.float32), "final": _like(p, 1, np.float32)}
+    like = {"mask": _like(p, 2, bool), "final": _like(p, 2, np.float32)}
+    dense = train.checkpoint.restore(folder / "state" / "level_000", like=like0)
     level1 = train.checkpoint.restore(folder / "state" / "level_001", like=like)
-    i = 1  # tickets: (obd, seed 0), (magnitude, seed 0)
-    w = {k: v[i] for k, v in _kernels(dense["params"]).items()}
+    i = 1  # tickets: (obd, seed 0), (magnitude, seed 0); one dense run for seed 0
+    w = {k: v[0] for k, v in _kernels(dense["final"]).items()}
     m = {k: v[i] for k, v in _kernels(level1["mask"]).items()}
     names = sorted(w)
     flat = np.concatenate([np.abs(w[k]).ravel() for k in names])

@@ -8,6 +8,7 @@ run killed with SIGKILL and started again ends with the same rows as a run never
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import _study, deconstructing, lottery_ticket
-from jaxprune import masks, results, train
+from experiments import _imp, deconstructing, lottery_ticket
+from jaxprune import criteria, masks, results, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--iterations", "20", "--eval-every", "10", "--no-progress"]
@@ -38,7 +39,10 @@ def _expected_density(level: int, fc: float, out: float) -> float:
 
 
 def _folder(capsys: pytest.CaptureFixture[str]) -> Path:
-    out = capsys.readouterr().out
+    return _output_folder(capsys.readouterr().out)
+
+
+def _output_folder(out: str) -> Path:
     line = next(x for x in out.splitlines() if "results in " in x)
     return Path(line.split("results in ")[1].strip())
 
@@ -53,7 +57,7 @@ def test_deconstructing_end_to_end(tmp_path, capsys):
     ]  # fmt: skip
     assert deconstructing.main(argv) == 0
     folder = _folder(capsys)
-    cfg = _study.Config(**{**_from_json(folder)})
+    cfg = _imp.Config(**{**_from_json(folder)})
     rows = results.Store(folder, cfg.to_json()).rows()
     imp = [r for r in rows if "level" in r]
     # slices: 3 criteria + 2 more kept + 1 more pruned = 6 combinations, × 2 seeds.
@@ -79,8 +83,6 @@ def test_deconstructing_end_to_end(tmp_path, capsys):
 
 
 def _from_json(folder: Path) -> dict:
-    import json
-
     raw = json.loads((folder / "config.json").read_text())
     raw["rates"] = tuple(tuple(r) for r in raw["rates"])
     return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
@@ -89,8 +91,10 @@ def _from_json(folder: Path) -> dict:
 def test_lottery_ticket_controls_follow_the_ticket(tmp_path, capsys):
     argv = [*TINY, "--out", str(tmp_path), "--levels", "2", "--seeds", "2"]
     assert lottery_ticket.main(argv) == 0
-    folder = _folder(capsys)
-    cfg = _study.Config(**_from_json(folder))
+    printed = capsys.readouterr().out
+    assert "| level | control |" in printed  # the summary table goes to the terminal
+    folder = _output_folder(printed)
+    cfg = _imp.Config(**_from_json(folder))
     rows = results.Store(folder, cfg.to_json()).rows()
     assert len(rows) == 2 * 3 * 3
     assert {r["control"] for r in rows} == {"ticket", "reinit", "random_mask"}
@@ -98,19 +102,18 @@ def test_lottery_ticket_controls_follow_the_ticket(tmp_path, capsys):
         assert r["density"] == pytest.approx(_expected_density(r["level"], 0.3, 0.15), abs=1e-9)
     # The masks saved at the last level: reinit = the ticket's mask, random_mask has the same
     # per-layer counts but other positions.
-    tickets = _study.lottery_tickets(cfg)
-    like = train.checkpoint.restore(folder / "state" / "level_002", like=_like(cfg, len(tickets)))
+    table, _ = lottery_ticket.table(cfg)
+    like = train.checkpoint.restore(folder / "state" / "level_002", like=_like(cfg, table.n))
     m = train.unstack(like["mask"])
     for seed in range(2):
         t, reinit, rnd = m[3 * seed], m[3 * seed + 1], m[3 * seed + 2]
         assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), t, reinit))
         assert masks.count(masks.prunable_leaves(rnd)) == masks.count(masks.prunable_leaves(t))
         assert float(masks.jaccard(masks.prunable_leaves(rnd), masks.prunable_leaves(t))) < 0.9
-    assert "| level | control |" in capsys.readouterr().out or True
 
 
-def _like(cfg: _study.Config, n: int) -> dict:
-    s = _study._setup(cfg)
+def _like(cfg: _imp.Config, n: int) -> dict:
+    s = _imp.setup(cfg)
     params = train.stack([train.unstack(s.theta0)[0]] * n)
     return {"mask": jax.vmap(masks.ones)(params), "final": params}
 
@@ -126,7 +129,7 @@ def test_lottery_ticket_on_mocked_mnist(tmp_path, capsys):
     with tfds.testing.mock_data(num_examples=40):
         assert lottery_ticket.main(argv) == 0
     folder = _folder(capsys)
-    rows = results.Store(folder, _study.Config(**_from_json(folder)).to_json()).rows()
+    rows = results.Store(folder, _imp.Config(**_from_json(folder)).to_json()).rows()
     assert len(rows) == 1 * 3 * 2 and {r["dataset"] for r in rows} == {"mnist"}
 
 
@@ -142,7 +145,7 @@ def test_deconstructing_on_mocked_mnist(tmp_path, capsys):
     with tfds.testing.mock_data(num_examples=40):
         assert deconstructing.main(argv) == 0
     folder = _folder(capsys)
-    rows = results.Store(folder, _study.Config(**_from_json(folder)).to_json()).rows()
+    rows = results.Store(folder, _imp.Config(**_from_json(folder)).to_json()).rows()
     assert len([r for r in rows if "level" in r]) == 2 * 2
 
 
@@ -205,7 +208,7 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path):
     subprocess.run([sys.executable, *args, "--out", str(killed)], cwd=ROOT, env=env, check=True)
     straight = tmp_path / "straight"
     subprocess.run([sys.executable, *args, "--out", str(straight)], cwd=ROOT, env=env, check=True)
-    cfg = _study.Config(**_from_json(run))
+    cfg = _imp.Config(**_from_json(run))
     resumed = results.Store(run, cfg.to_json()).rows()
     reference = results.Store(straight / run.name, cfg.to_json()).rows()
     assert sorted((r["ticket"], r["level"]) for r in resumed) == sorted(
@@ -216,3 +219,21 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path):
         assert a["density"] == b["density"]
         assert a["early_stop_iteration"] == b["early_stop_iteration"]
         assert a["final_test_acc"] == pytest.approx(b["final_test_acc"], abs=0.01)
+
+
+def test_compiled_programs_do_not_grow_with_the_names_in_the_grid(tmp_path, capsys):
+    # The same study with 2 criteria and with all 15: every name is handled inside one compiled
+    # round (tickets.next_level), so the larger grid compiles no more XLA programs. (Both grids
+    # hold a criterion that reads the gradients at θ_k — snip —, a fixed cost of three programs
+    # whenever any criterion needs them, not one per name.)
+    counts = {}
+    for label, crit in (("2", "snip,random"), ("15", ",".join(criteria.names()))):
+        jax.clear_caches()  # count every program each run needs, not what the other compiled
+        argv = [
+            *TINY, "--out", str(tmp_path / label), "--levels", "2", "--seeds", "2",
+            "--criteria", crit, "--kept", "rewind,reinit", "--pruned", "zero,freeze_init",
+        ]  # fmt: skip
+        assert deconstructing.main(argv) == 0
+        folder = _folder(capsys)
+        counts[label] = json.loads((folder / "timings.json").read_text())["programs"]
+    assert counts["15"] <= counts["2"], counts

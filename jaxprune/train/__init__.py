@@ -1,6 +1,10 @@
 """The training engine: pure masked steps, scanned epochs, many tickets at once, across devices."""
 
 from jaxprune.train import checkpoint as checkpoint
+from jaxprune.train.compiles import CompileCount as CompileCount
+from jaxprune.train.compiles import count_compiles as count_compiles
+from jaxprune.train.devices import mesh_for as mesh_for
+from jaxprune.train.devices import use_host_devices as use_host_devices
 from jaxprune.train.loop import History as History
 from jaxprune.train.loop import evaluate as evaluate
 from jaxprune.train.loop import fit as fit
@@ -10,6 +14,7 @@ from jaxprune.train.loop import ticket_mesh as ticket_mesh
 from jaxprune.train.loop import train_chunk as train_chunk
 from jaxprune.train.loop import unstack as unstack
 from jaxprune.train.step import MODES as MODES
+from jaxprune.train.step import MaskedSteps as MaskedSteps
 from jaxprune.train.step import Steps as Steps
 from jaxprune.train.step import TrainState as TrainState
 from jaxprune.train.step import cross_entropy as cross_entropy
@@ -18,18 +23,23 @@ from jaxprune.train.step import make_steps as make_steps
 
 __all__ = [
     "MODES",
+    "CompileCount",
     "History",
+    "MaskedSteps",
     "Steps",
     "TrainState",
     "checkpoint",
+    "count_compiles",
     "cross_entropy",
     "effective_params",
     "evaluate",
     "fit",
     "make_steps",
+    "mesh_for",
     "shard_tickets",
     "stack",
     "ticket_mesh",
     "train_chunk",
     "unstack",
+    "use_host_devices",
 ]

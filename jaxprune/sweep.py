@@ -1,0 +1,432 @@
+r"""The resumable level driver: iterative pruning of a whole ticket table, level by level.
+
+:func:`run_levels` is the loop every level-by-level study runs (lottery tickets, Deconstructing
+Lottery Tickets, OBD's prune-and-retrain) and the one a researcher's own sweep runs:
+
+* **level 0** trains one dense network per seed (``theta0`` holds one rewind point per seed) for
+  ``dense_iterations`` steps, keeping :math:`\theta_k` after ``rewind_iteration`` = k steps (late
+  rewinding; :math:`\theta_0` when k = 0); every ticket of a seed shares its dense run;
+* **level ℓ ≥ 1**: one :func:`jaxprune.tickets.next_level` round over all tickets (score, select,
+  source mask, reset from :math:`\theta_k`), the untrained network evaluated on the test split
+  (``untrained_acc``; with ``supermask_acc=True`` also the same mask on signed-constant weights,
+  Zhou et al.'s supermask), then every ticket trained ``iterations`` steps in one vmapped,
+  scanned program (:func:`jaxprune.train.fit`), the ticket axis sharded over the host devices.
+
+After each level the masks and trained weights are checkpointed (orbax, ``state/level_LLL``) and
+the level's rows are committed to the run's :class:`jaxprune.results.Store` in one atomic unit,
+so a killed run started again with the same arguments resumes at the first unfinished level and
+never duplicates or drops a row. One compiled program serves every level; the number of programs
+does not grow with the criteria, resets or pruned values in the table.
+
+Rows: one per ticket and level, with the ticket's ``ticket``, ``seed``, ``criterion``, ``kept``,
+``pruned`` and ``source``, the caller's ``columns``, and ``level``, ``density`` (of the prunable
+weights), ``final_test_acc``, ``final_val_acc``, ``early_stop_iteration`` and
+``early_stop_test_acc`` (the evaluation of least validation loss, counted from initialisation),
+``first_eval_iteration`` / ``first_eval_test_acc`` (differences between tickets show most early in
+training), ``untrained_acc`` (and ``supermask_acc``) and ``iterations``.
+
+Example — a sweep of one's own in a few lines (docs/sweeps.md has a longer one):
+  >>> import tempfile, jax, optax
+  >>> from jaxprune import data, models, sweep, tickets, train
+  >>> ds = data.load("digits")
+  >>> nets = [models.functional(models.build("mlp", input_shape=ds.input_shape,
+  ...         num_classes=10, seed=s, hidden=(16,))) for s in range(2)]
+  >>> table = tickets.grid(2, ("large_final", "random"), key=jax.random.key(0))
+  >>> out = sweep.run_levels(tempfile.mkdtemp(), table, nets[0][0],
+  ...     train.stack([n[1] for n in nets]), ds, optimizer=optax.adam(1e-2), levels=2,
+  ...     rates=0.5, iterations=40, batch_size=64, eval_every=20, key=jax.random.key(1),
+  ...     progress=False)
+  >>> len(out.rows), sorted({r["level"] for r in out.rows})
+  (12, [0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxprune import _checks, masks, reset, results, tickets
+from jaxprune import data as data_
+from jaxprune import train as train_
+from jaxprune._types import Key, Params, PyTree
+
+__all__ = ["Sweep", "history_columns", "prunable_density", "run_levels"]
+
+
+class Sweep(NamedTuple):
+    """What :func:`run_levels` returns.
+
+    ``timings`` (of this invocation, in seconds): ``total``, ``compile`` (tracing, lowering and
+    XLA compiling), ``train`` (the training runs, their compiles excluded), ``other``, and
+    ``programs``: the number of XLA programs compiled.
+    """
+
+    path: Path
+    rows: list[results.Row]
+    timings: dict[str, float]
+
+
+def prunable_density(mask: PyTree) -> np.ndarray:
+    """Density of the prunable leaves (``ndim ≥ 2`` per ticket) of stacked masks, per ticket.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxprune import sweep
+      >>> m = {"w": np.array([[[True, False]], [[True, True]]]), "b": np.ones((2, 2), bool)}
+      >>> sweep.prunable_density(m).tolist()
+      [0.5, 1.0]
+    """
+    one = jax.tree.map(lambda m: m[0], mask)
+    flags = jax.tree.leaves(masks.is_prunable(one))
+    leaves = [np.asarray(m) for m, f in zip(jax.tree.leaves(mask), flags, strict=True) if f]
+    if not leaves:
+        return np.ones(jax.tree.leaves(mask)[0].shape[0])
+    kept = sum(m.reshape(m.shape[0], -1).sum(1) for m in leaves)
+    total = sum(int(np.prod(m.shape[1:])) for m in leaves)
+    return np.asarray(kept, np.float64) / total
+
+
+def history_columns(hist: train_.History, i: int, offset: int = 0) -> dict[str, Any]:
+    """Row columns of ticket ``i``'s :class:`~jaxprune.train.History` (iterations + ``offset``):
+    final and early-stop accuracies, and the first evaluation (where tickets differ most)."""
+    return {
+        "final_test_acc": float(hist.test_acc[i, -1]),
+        "final_val_acc": float(hist.val_acc[i, -1]),
+        "early_stop_iteration": int(hist.early_stop_iteration[i]) + offset,
+        "early_stop_test_acc": float(hist.early_stop_test_acc[i]),
+        "first_eval_iteration": int(hist.iteration[0]) + offset,
+        "first_eval_test_acc": float(hist.test_acc[i, 0]),
+    }
+
+
+@jax.jit
+def _signed_constant(w_init: Params, mask: PyTree) -> Params:
+    return jax.vmap(lambda w, m: reset.reset(w, m, kept="signed_constant")[0])(w_init, mask)
+
+
+class _Clock:
+    """Wall time of training runs, net of the compiles they triggered."""
+
+    def __init__(self, compiles: train_.CompileCount) -> None:
+        self.compiles = compiles
+        self.train = 0.0
+
+    def fit(self, *args: Any, **kwargs: Any) -> tuple[train_.TrainState, train_.History]:
+        t0, c0 = time.perf_counter(), self.compiles.seconds
+        out = train_.fit(*args, **kwargs)
+        self.train += time.perf_counter() - t0 - (self.compiles.seconds - c0)
+        return out
+
+
+def _grads_at(apply_fn: Any, w_init: Params, x: jax.Array, y: jax.Array) -> Params:
+    def loss(p: Params) -> jax.Array:
+        return train_.cross_entropy(apply_fn(p, x), y)
+
+    return jax.jit(jax.vmap(jax.grad(loss)))(w_init)
+
+
+def _describe(
+    table: tickets.Table, rates: Any, settings: Mapping[str, Any], extra: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    host = table.tickets()
+    if len(jax.tree.leaves(rates)) == 1:
+        rate: Any = np.asarray(jax.tree.leaves(rates)[0]).tolist()
+    else:
+        rate = {p: np.asarray(r).tolist() for p, r in _checks.leaves_with_paths(rates)}
+    return {
+        "tickets": [list(t) for t in host],
+        "rates": rate,
+        **settings,
+        **(dict(extra) if extra else {}),
+    }
+
+
+def _clear_state(folder: Path, level: int) -> None:
+    for stale in folder.glob(f"level_{level:03d}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _check_settings(
+    table: tickets.Table, theta0: Params, dataset: data_.Dataset, levels: int, iterations: int,
+    dense_iterations: int, rewind_iteration: int, batch_size: int, eval_every: int,
+) -> int:  # fmt: skip
+    for name, value, low in (
+        ("levels", levels, 0), ("iterations", iterations, 1),
+        ("dense_iterations", dense_iterations, 1), ("rewind_iteration", rewind_iteration, 0),
+        ("batch_size", batch_size, 1), ("eval_every", eval_every, 1),
+    ):  # fmt: skip
+        if not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}.")
+    if rewind_iteration >= dense_iterations:
+        raise ValueError(
+            f"rewind_iteration must be below dense_iterations ({dense_iterations}), got "
+            f"{rewind_iteration}."
+        )
+    n_train = len(dataset.train.y)
+    if batch_size > n_train:
+        raise ValueError(
+            f"batch_size must be at most the {n_train} training examples of "
+            f"{dataset.name!r}, got {batch_size}."
+        )
+    n_seeds = int(np.shape(jax.tree.leaves(theta0)[0])[0])
+    top = int(np.max(np.asarray(table.seed)))
+    if top >= n_seeds:
+        raise ValueError(
+            f"theta0 must hold a rewind point for every seed of the table (leading axis > {top}), "
+            f"got {n_seeds}."
+        )
+    return n_seeds
+
+
+def run_levels(
+    store: results.Store | str | os.PathLike[str],
+    table: tickets.Table,
+    apply_fn: Any,
+    theta0: Params,
+    dataset: data_.Dataset,
+    *,
+    optimizer: optax.GradientTransformation,
+    levels: int,
+    rates: Any,
+    iterations: int,
+    batch_size: int,
+    eval_every: int,
+    key: Key,
+    dense_iterations: int | None = None,
+    rewind_iteration: int = 0,
+    scope: str = "layerwise",
+    min_keep: int = 0,
+    scorers: Mapping[str, tickets.Scorer] | None = None,
+    grads_examples: int = 1000,
+    supermask_acc: bool = False,
+    columns: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    desc: str = "levels",
+) -> Sweep:
+    """Prune and train every ticket of ``table`` for ``levels`` levels (module docs); resumable.
+
+    Args:
+      store: the run's :class:`~jaxprune.results.Store`, or a folder for one (its config is
+        then the table, rates and these settings plus ``config``: a folder never mixes runs).
+      table: the tickets (:func:`jaxprune.tickets.table` / :func:`~jaxprune.tickets.grid`).
+      apply_fn: pure ``apply_fn(params, x) -> logits`` (e.g. :func:`jaxprune.models.functional`).
+      theta0: initial params stacked per seed; ticket ``i`` starts from row ``table.seed[i]``.
+      dataset: a :class:`jaxprune.data.Dataset` (train / val / test splits).
+      optimizer: any optax optimizer (the same for the dense runs and every level).
+      levels: pruning levels after the dense run (0: dense only).
+      rates: fraction of the remaining weights each level prunes, as
+        :func:`jaxprune.tickets.next_level` takes it (scalar, per-leaf pytree, per ticket).
+      iterations: training steps of every level ≥ 1 (from the rewind point).
+      batch_size, eval_every: examples per step; steps between evaluations.
+      key: the data order: level 0's first ``rewind_iteration`` steps use ``fold_in(key, 0)``,
+        everything else ``fold_in(key, 1)`` (every level sees the same batches).
+      dense_iterations: training steps of level 0 (default: ``iterations + rewind_iteration``).
+      rewind_iteration: k, the late-rewinding point θ_k.
+      scope, min_keep, scorers: as :func:`jaxprune.tickets.next_level`.
+      grads_examples: training examples for the gradients at θ_k (criteria that need them).
+      supermask_acc: also evaluate each new mask on signed-constant weights, untrained.
+      columns: extra row columns, the same for every ticket (a mapping) or one mapping per ticket.
+      config: extra settings for the store's config when ``store`` is a folder.
+      progress: show progress bars; ``desc`` labels the level bar.
+
+    Returns:
+      A :class:`Sweep`: the run folder, every committed row, and this invocation's timings.
+    """
+    dense_iterations = iterations + rewind_iteration if dense_iterations is None else dense_iterations
+    n_seeds = _check_settings(
+        table, theta0, dataset, levels, iterations, dense_iterations, rewind_iteration,
+        batch_size, eval_every,
+    )  # fmt: skip
+    n = table.n
+    per_ticket = _ticket_columns(columns, n)
+    with train_.count_compiles() as compiles:
+        start = time.perf_counter()
+        if not isinstance(store, results.Store):
+            settings = {
+                "levels": levels, "iterations": iterations, "dense_iterations": dense_iterations,
+                "rewind_iteration": rewind_iteration, "batch_size": batch_size,
+                "eval_every": eval_every, "scope": scope, "min_keep": min_keep,
+                "dataset": dataset.name,
+            }  # fmt: skip
+            store = results.Store(store, _describe(table, rates, settings, config))
+        clock = _Clock(compiles)
+        driver = _Driver(
+            store, table, apply_fn, dataset, optimizer, clock,
+            batch_size=batch_size, eval_every=eval_every, key=key, progress=progress,
+            columns=per_ticket, supermask_acc=supermask_acc,
+        )  # fmt: skip
+        theta_k, dense_final = driver.level_zero(theta0, dense_iterations, rewind_iteration, n_seeds)
+        seed_rows = jnp.asarray(table.seed)
+        w_init = tickets.gather(theta_k, seed_rows)
+        final = tickets.gather(dense_final, seed_rows)
+        mask = jax.vmap(masks.ones)(w_init)
+        grads = None
+        if "grads" in tickets.needs(table, scorers):
+            x, y = (jnp.asarray(a[:grads_examples]) for a in dataset.train)
+            grads = _grads_at(apply_fn, w_init, x, y)
+        bar = tqdm(total=levels, desc=desc, unit="level", disable=not progress)
+        for level in range(1, levels + 1):
+            bar.set_postfix(tickets=n, level=level)
+            mask, final = driver.level(
+                level, levels, w_init, final, mask, rates, grads, iterations=iterations,
+                offset=rewind_iteration, scope=scope, min_keep=min_keep, scorers=scorers,
+            )  # fmt: skip
+            bar.update(1)
+        bar.close()
+        store.write_csv()
+        total = time.perf_counter() - start
+    timings = {
+        "total": total,
+        "compile": compiles.seconds,
+        "train": clock.train,
+        "other": total - compiles.seconds - clock.train,
+        "programs": float(compiles.programs),
+    }
+    return Sweep(store.path, store.rows(), timings)
+
+
+def _ticket_columns(
+    columns: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, n: int
+) -> list[dict[str, Any]]:
+    if columns is None:
+        return [{} for _ in range(n)]
+    if isinstance(columns, Mapping):
+        return [dict(columns) for _ in range(n)]
+    if len(columns) != n:
+        raise ValueError(
+            f"columns must be one mapping for every ticket or one per ticket ({n}), got "
+            f"{len(columns)}."
+        )
+    return [dict(c) for c in columns]
+
+
+class _Driver:
+    """The per-level work of :func:`run_levels` (state kept between levels)."""
+
+    def __init__(
+        self, store: results.Store, table: tickets.Table, apply_fn: Any, dataset: data_.Dataset,
+        optimizer: optax.GradientTransformation, clock: _Clock, *, batch_size: int,
+        eval_every: int, key: Key, progress: bool, columns: list[dict[str, Any]],
+        supermask_acc: bool,
+    ) -> None:  # fmt: skip
+        self.store, self.table, self.ds, self.clock = store, table, dataset, clock
+        self.state_dir = store.path / "state"
+        self.done = set(store.done())
+        self.forward = any(p != "zero" for p in table.pruned)
+        self.steps = train_.make_steps(apply_fn, optimizer, mode="forward" if self.forward else "zero")
+        self.dense_steps = train_.make_steps(apply_fn, optimizer)
+        self.batch_size, self.eval_every, self.progress = batch_size, eval_every, progress
+        self.key, self.supermask_acc = key, supermask_acc
+        self.base = [
+            {
+                "ticket": i, "seed": t.seed, "criterion": t.criterion, "kept": t.kept,
+                "pruned": t.pruned, "source": t.source, **columns[i],
+            }
+            for i, t in enumerate(table.tickets())
+        ]  # fmt: skip
+
+    def fit(
+        self, steps: train_.Steps, params: Params, mask: PyTree, frozen: PyTree | None, *,
+        iterations: int, data_key: Key, desc: str,
+    ) -> tuple[train_.TrainState, train_.History]:  # fmt: skip
+        n = int(jax.tree.leaves(mask)[0].shape[0])
+        state, hist = self.clock.fit(
+            steps, jax.vmap(steps.init)(params), mask, self.ds.train, self.ds.val, self.ds.test,
+            iterations=iterations, batch_size=self.batch_size,
+            eval_every=min(self.eval_every, iterations), data_key=data_key, frozen=frozen,
+            tickets=True, mesh=train_.mesh_for(n), progress=self.progress, desc=desc,
+        )  # fmt: skip
+        # Back on one device, where the next round gathers tickets across the whole table.
+        return jax.device_put(state, jax.devices()[0]), hist
+
+    def level_zero(
+        self, theta0: Params, dense_iterations: int, k: int, n_seeds: int
+    ) -> tuple[Params, Params]:
+        like = {"theta_k": theta0, "final": theta0}
+        if "level_000" in self.done:
+            saved = train_.checkpoint.restore(self.state_dir / "level_000", like=like)
+            return saved["theta_k"], saved["final"]
+        _clear_state(self.state_dir, 0)
+        ones = jax.vmap(masks.ones)(theta0)
+        theta_k, params = theta0, theta0
+        if k:
+            state, _ = self.fit(
+                self.dense_steps, theta0, ones, None, iterations=k,
+                data_key=jax.random.fold_in(self.key, 0), desc="dense to θ_k",
+            )  # fmt: skip
+            theta_k = params = state.params
+        state, hist = self.fit(
+            self.dense_steps, params, ones, None, iterations=dense_iterations - k,
+            data_key=jax.random.fold_in(self.key, 1), desc=f"level 0 (dense, {n_seeds} seeds)",
+        )  # fmt: skip
+        train_.checkpoint.save(self.state_dir / "level_000", {"theta_k": theta_k, "final": state.params})
+        seeds = np.asarray(self.table.seed)
+        rows = [
+            {
+                **self.base[i], "level": 0, "density": 1.0,
+                **history_columns(hist, int(seeds[i]), k),
+                "untrained_acc": None, **({"supermask_acc": None} if self.supermask_acc else {}),
+                "iterations": dense_iterations,
+            }
+            for i in range(self.table.n)
+        ]  # fmt: skip
+        self.store.write("level_000", rows)
+        self.done.add("level_000")
+        return theta_k, state.params
+
+    def level(
+        self, level: int, levels: int, w_init: Params, final: Params, mask: PyTree, rates: Any,
+        grads: PyTree | None, *, iterations: int, offset: int, scope: str, min_keep: int,
+        scorers: Mapping[str, tickets.Scorer] | None,
+    ) -> tuple[PyTree, Params]:  # fmt: skip
+        name = f"level_{level:03d}"
+        if name in self.done:
+            if f"level_{level + 1:03d}" not in self.done:
+                like = {"mask": mask, "final": final}
+                saved = train_.checkpoint.restore(self.state_dir / name, like=like)
+                return saved["mask"], saved["final"]
+            return mask, final
+        _clear_state(self.state_dir, level)
+        new = tickets.next_level(
+            self.table, level, w_init, final, mask, rates, grads=grads, scope=scope,
+            min_keep=min_keep, scorers=scorers,
+        )  # fmt: skip
+        frozen = new.frozen if self.forward else None
+        xs, ys = self.ds.test
+        untrained = train_.evaluate(self.steps, new.params, new.mask, frozen, xs, ys, tickets=True)[1]
+        extra: dict[str, Any] = {}
+        if self.supermask_acc:
+            signed = _signed_constant(w_init, new.mask)
+            extra["supermask_acc"] = train_.evaluate(
+                self.steps, signed, new.mask, None, xs, ys, tickets=True
+            )[1]
+        state, hist = self.fit(
+            self.steps, new.params, new.mask, frozen, iterations=iterations,
+            data_key=jax.random.fold_in(self.key, 1),
+            desc=f"level {level}/{levels} ({self.table.n} tickets)",
+        )  # fmt: skip
+        train_.checkpoint.save(self.state_dir / name, {"mask": new.mask, "final": state.params})
+        dens = prunable_density(new.mask)
+        host = {k: np.asarray(v) for k, v in {"untrained_acc": untrained, **extra}.items()}
+        rows = [
+            {
+                **self.base[i], "level": level, "density": float(dens[i]),
+                **history_columns(hist, i, offset),
+                **{k: float(v[i]) for k, v in host.items()}, "iterations": iterations,
+            }
+            for i in range(self.table.n)
+        ]  # fmt: skip
+        self.store.write(name, rows)
+        self.done.add(name)
+        return new.mask, state.params
