@@ -1,5 +1,6 @@
 # Each target creates .venv when it is missing and installs the project into it first,
-# so `make run` and `make test` are each one command on a fresh machine.
+# so `make run` and `make test` are each one command on a fresh machine. Install output goes to
+# stderr and recipes are not echoed, so `make bench > file.json` writes pure JSON.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,10 +9,10 @@ STAMP := $(VENV)/.installed
 .PHONY: run test test-slow lint bench bench-structured clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) >&2
+	@$(PY) -m pip install -q --upgrade pip >&2
+	@$(PY) -m pip install -q -e '.[dev]' >&2
+	@touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m experiments.deconstructing
@@ -30,12 +31,12 @@ test-slow: $(STAMP)
 # The engine benchmark (docs/benchmarks.md); the PyTorch peer is installed when missing and skipped
 # (reported as null) when it cannot be.
 bench: $(STAMP)
-	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 || true
-	$(PY) -m benchmarks.engine
+	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 >&2 || true
+	@$(PY) -m benchmarks.engine
 
 # Masked vs compacted VGG-16 inference (docs/structured.md), about a minute.
 bench-structured: $(STAMP)
-	$(PY) -m benchmarks.structured
+	@$(PY) -m benchmarks.structured
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from experiments import _study
 from jaxprune import criteria, data, models, reset, results, select, sweep, tickets, train
+
+from . import _study
 
 CONTROLS = ("reinit", "random_mask")
 GRIDS = tickets.LAYOUTS

@@ -209,11 +209,14 @@ def cli(
     everything is.
 
     The host CPU is split into one device per core first (:func:`jaxprune.train.use_host_devices`),
-    so that tickets shard over the cores. A missing dataset or a setting only the run can judge (a
+    so that tickets shard over the cores, and compiled programs are kept on disk for the next run
+    (:func:`jaxprune.train.use_compile_cache`; ``JAXPRUNE_COMPILE_CACHE=off`` turns it off). A
+    missing dataset or a setting only the run can judge (a
     ``ValueError``) ends as a CLI error (exit 2, the message, no trace); rows already committed
     stay.
     """
     train.use_host_devices()
+    train.use_compile_cache()
     p = parser(description, presets, help=help)
     cfg, args = config_from_args(p, argv, presets, check=check)
     try:

@@ -42,9 +42,10 @@ from typing import Any
 import jax
 import optax
 
-from experiments import _imp, _study
-from experiments._imp import Config
 from jaxprune import criteria, masks, plots, reset, results, supermask, sweep, tickets, train
+
+from . import _imp, _study
+from ._imp import Config
 
 ALL_KEPT = _imp.PAPER_KEPT
 
@@ -232,14 +233,15 @@ def learned_supermasks(
         return 0.0
     rows, seconds = [], 0.0
     keys = jax.random.split(jax.random.key(7), cfg.seeds)
-    ones = jax.vmap(masks.ones)(s.theta0)
+    ones = jax.jit(jax.vmap(masks.ones))(s.theta0)
     batch = min(cfg.supermask_batch_size, len(s.ds.train.y))
     for rescale in (False, True):
         steps = supermask.make_steps(
             s.apply_fn, optax.sgd(cfg.supermask_lr, momentum=0.9), rescale=rescale
         )
-        logits = jax.vmap(supermask.logits_init)(s.theta0)
-        state = jax.vmap(lambda lg, k, st=steps: st.init(lg, key=k))(logits, keys)
+        state = jax.jit(
+            jax.vmap(lambda w, k, st=steps: st.init(supermask.logits_init(w), key=k))
+        )(s.theta0, keys)
         with train.count_compiles() as compiles:
             t0 = time.perf_counter()
             state, hist = train.fit(
@@ -251,7 +253,7 @@ def learned_supermasks(
                 desc=f"learned supermask{' (rescaled)' if rescale else ''}",
             )  # fmt: skip
             seconds += time.perf_counter() - t0 - compiles.seconds
-        dens = sweep.prunable_density(jax.vmap(supermask.mask_of)(state.params))
+        dens = sweep.prunable_density(jax.jit(jax.vmap(supermask.mask_of))(state.params))
         for seed in range(cfg.seeds):
             rows.append(
                 {

@@ -89,8 +89,9 @@ from jax.typing import ArrayLike
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from experiments import _channels, _study
 from jaxprune import data, models, plots, results, structured, sweep, train
+
+from . import _channels, _study
 
 ARMS = ("dense", "eb_continue", "eb_scratch")
 BN_MODELS = ("vgg", "resnet")  # the registry's models with batch norm: the masks need BN scales
@@ -286,7 +287,7 @@ def remaining(phases: Sequence[_channels.Phase], start: int) -> list[_channels.P
     """The phases of a schedule from iteration ``start`` on: what a run resumed there still trains.
 
     Example:
-      >>> from experiments._channels import Phase
+      >>> Phase = _channels.Phase
       >>> remaining([Phase(400, 0.1), Phase(200, 0.01), Phase(200, 0.001)], 450)
       [Phase(iterations=150, lr=0.01), Phase(iterations=200, lr=0.001)]
     """

@@ -34,9 +34,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments import _imp, _study
-from experiments._imp import Config
 from jaxprune import plots, results, tickets
+
+from . import _imp, _study
+from ._imp import Config
 
 CONTROLS = _imp.CONTROLS
 

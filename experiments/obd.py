@@ -43,8 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import _study
 from jaxprune import data, models, plots, results, saliency, sweep, tickets, train
+
+from . import _study
 
 METHODS = ("obd", "magnitude")
 ROOT_KEY = 19900101

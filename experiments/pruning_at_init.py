@@ -42,8 +42,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from experiments import _study
 from jaxprune import data, masks, models, plots, results, saliency, select, sweep, train
+
+from . import _study
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow", "obd", "taylor")
 SCOPES = ("layerwise", "global")

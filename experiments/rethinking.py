@@ -68,8 +68,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments import _channels, _study
 from jaxprune import data, models, plots, results, structured, train
+
+from . import _channels, _study
 
 METHODS = ("l1", "slimming")
 ARMS = ("unpruned", "pruned", "fine_tune", "scratch_e", "scratch_b")

@@ -8,13 +8,14 @@ documented fallback applies (e.g. NaN scores rank lowest).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._types import PyTree
+from jaxprune._types import Array, Params, PyTree
 
 
 def is_traced(x: Any) -> bool:
@@ -152,3 +153,83 @@ def check_key(key: Any) -> None:
             f"key must be a single key (shape []), got shape {list(np.shape(key))}; for many "
             "tickets, jax.vmap over the stacked keys."
         )
+
+
+# --- the model contract (apply_fn, params, batch) of the model-aware functions: hessian, saliency
+
+
+def check_apply_fn(apply_fn: Any) -> None:
+    if not callable(apply_fn):
+        raise ValueError(
+            f"apply_fn must be a callable apply_fn(params, x) -> logits, got "
+            f"{type(apply_fn).__name__}; for a Flax NNX model use jaxprune.models.functional(model)[0]."
+        )
+
+
+def check_params(params: Params) -> None:
+    leaves = leaves_with_paths(params)
+    if not leaves:
+        raise ValueError("params has no leaves; pass the model's params pytree.")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"params{path} must be a float array, got "
+                f"{getattr(dtype, 'name', type(leaf).__name__)}{list(np.shape(leaf))}."
+            )
+
+
+def check_batch(batch: Any, *, name: str = "batch") -> tuple[Array, Array]:
+    """``(x, y)`` with a shared leading axis and integer labels ``[B]``; returns them as arrays."""
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise ValueError(
+            f"{name} must be a pair (x, y) of inputs and integer labels, got "
+            f"{type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
+            + "."
+        )
+    x, y = jnp.asarray(batch[0]), jnp.asarray(batch[1])
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(
+            f"{name}[0] (x) must have a non-empty leading batch axis, got shape {list(x.shape)}."
+        )
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(
+            f"{name}[1] (y) must hold integer class labels, got {y.dtype.name}{list(y.shape)}; "
+            "for one-hot labels pass y.argmax(-1)."
+        )
+    if y.shape != (x.shape[0],):
+        raise ValueError(
+            f"{name}[1] (y) must have shape [{x.shape[0]}] (one label per example of x), got "
+            f"{list(y.shape)}."
+        )
+    return x, y
+
+
+def check_positive_int(value: Any, *, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive int (static), got {value!r}.")
+
+
+
+
+def as_float32(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree)
+
+
+def model_logits(apply_fn: Callable[..., Array], params: Params, x: Array) -> Array:
+    logits = apply_fn(params, x)
+    shape = tuple(jnp.shape(logits))
+    if len(shape) != 2 or shape[0] != x.shape[0]:
+        raise ValueError(
+            f"apply_fn(params, x) must return logits of shape [batch, classes] = "
+            f"[{x.shape[0]}, C] for x of shape {list(x.shape)}, got {list(shape)}."
+        )
+    return logits
+
+
+def prepare_model_inputs(apply_fn: Callable[..., Array], params: Params, batch: Any) -> tuple[Params, Array, Array]:
+    check_apply_fn(apply_fn)
+    check_params(params)
+    x, y = check_batch(batch)
+    return as_float32(params), x, y

@@ -46,11 +46,10 @@ Gauss-Newton matrix is the Hessian (:math:`p(1 - p)` per logit):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
@@ -78,88 +77,6 @@ Hessian-vector product per parameter, so above this many parameters it refuses."
 
 HESSIAN_METHODS = ("exact", "hutchinson")
 """The two methods of :func:`hessian_diagonal`."""
-
-
-# ----------------------------------------------------------------------------- validation
-# The model contract (``apply_fn``, params, batch), shared with jaxprune.saliency.
-
-
-def _check_apply_fn(apply_fn: Any) -> None:
-    if not callable(apply_fn):
-        raise ValueError(
-            f"apply_fn must be a callable apply_fn(params, x) -> logits, got "
-            f"{type(apply_fn).__name__}; for a Flax NNX model use jaxprune.models.functional(model)[0]."
-        )
-
-
-def _check_params(params: Params) -> None:
-    leaves = _checks.leaves_with_paths(params)
-    if not leaves:
-        raise ValueError("params has no leaves; pass the model's params pytree.")
-    for path, leaf in leaves:
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"params{path} must be a float array, got "
-                f"{getattr(dtype, 'name', type(leaf).__name__)}{list(np.shape(leaf))}."
-            )
-
-
-def _check_batch(batch: Any, *, name: str = "batch") -> tuple[Array, Array]:
-    """``(x, y)`` with a shared leading axis and integer labels ``[B]``; returns them as arrays."""
-    if not isinstance(batch, tuple | list) or len(batch) != 2:
-        raise ValueError(
-            f"{name} must be a pair (x, y) of inputs and integer labels, got "
-            f"{type(batch).__name__}"
-            + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
-            + "."
-        )
-    x, y = jnp.asarray(batch[0]), jnp.asarray(batch[1])
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(
-            f"{name}[0] (x) must have a non-empty leading batch axis, got shape {list(x.shape)}."
-        )
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise ValueError(
-            f"{name}[1] (y) must hold integer class labels, got {y.dtype.name}{list(y.shape)}; "
-            "for one-hot labels pass y.argmax(-1)."
-        )
-    if y.shape != (x.shape[0],):
-        raise ValueError(
-            f"{name}[1] (y) must have shape [{x.shape[0]}] (one label per example of x), got "
-            f"{list(y.shape)}."
-        )
-    return x, y
-
-
-def _check_positive_int(value: Any, *, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int (static), got {value!r}.")
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-def _f32(tree: PyTree) -> PyTree:
-    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), tree)
-
-
-def _logits(apply_fn: ApplyFn, params: Params, x: Array) -> Array:
-    logits = apply_fn(params, x)
-    shape = tuple(jnp.shape(logits))
-    if len(shape) != 2 or shape[0] != x.shape[0]:
-        raise ValueError(
-            f"apply_fn(params, x) must return logits of shape [batch, classes] = "
-            f"[{x.shape[0]}, C] for x of shape {list(x.shape)}, got {list(shape)}."
-        )
-    return logits
-
-
-def _prepare(apply_fn: ApplyFn, params: Params, batch: Any) -> tuple[Params, Array, Array]:
-    _check_apply_fn(apply_fn)
-    _check_params(params)
-    x, y = _check_batch(batch)
-    return _f32(params), x, y
 
 
 # ----------------------------------------------------------------------------- Hessian diagonal
@@ -233,10 +150,10 @@ def hessian_diagonal(
       True
     """
     _checks.check_choice(method, HESSIAN_METHODS, name="method")
-    _check_params(params)
-    _check_positive_int(chunk_size, name="chunk_size")
+    _checks.check_params(params)
+    _checks.check_positive_int(chunk_size, name="chunk_size")
     _checks.check_key(key)
-    flat, unravel = ravel_pytree(_f32(params))
+    flat, unravel = ravel_pytree(_checks.as_float32(params))
     n = flat.shape[0]
     loss = _scalar_loss(loss_fn)
 
@@ -244,7 +161,7 @@ def hessian_diagonal(
         return ravel_pytree(jax.grad(loss)(unravel(v)))[0]
 
     if method == "exact":
-        _check_positive_int(exact_limit, name="exact_limit")
+        _checks.check_positive_int(exact_limit, name="exact_limit")
         if n > exact_limit:
             raise ValueError(
                 f"hessian_diagonal(method='exact') needs one Hessian-vector product per "
@@ -260,7 +177,7 @@ def hessian_diagonal(
         diag = lax.map(column_entry, jnp.arange(n), batch_size=min(chunk_size, n))
         return unravel(diag)
 
-    _check_positive_int(probes, name="probes")
+    _checks.check_positive_int(probes, name="probes")
     _checks.require(key, name="key", why="by method='hutchinson' (it draws the probes)")
     assert key is not None
     _, hvp = jax.linearize(flat_grad, flat)
@@ -323,8 +240,8 @@ def gauss_newton_diagonal(
       >>> bool(jnp.allclose(gn["w"], hessian.hessian_diagonal(loss, params)["w"], atol=1e-6))
       True
     """
-    p32, x, _ = _prepare(apply_fn, params, batch)
-    _check_positive_int(chunk_size, name="chunk_size")
+    p32, x, _ = _checks.prepare_model_inputs(apply_fn, params, batch)
+    _checks.check_positive_int(chunk_size, name="chunk_size")
     flat, unravel = ravel_pytree(p32)
     n_examples = x.shape[0]
     chunk = min(chunk_size, n_examples)
@@ -338,7 +255,7 @@ def gauss_newton_diagonal(
 
     def one(xi: Array) -> Array:
         def logits_of(v: Array) -> Array:
-            return _logits(apply_fn, unravel(v), xi[None])[0].astype(jnp.float32)
+            return _checks.model_logits(apply_fn, unravel(v), xi[None])[0].astype(jnp.float32)
 
         p = jax.nn.softmax(logits_of(flat))
         jac = jax.jacrev(logits_of)(flat)  # [classes, params]

@@ -122,14 +122,23 @@ def _signed_reinit(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:
 
 
 def _reshuffle(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:
-    # Boolean indexing would need a concrete mask; instead list the kept positions first, once in
-    # a random order (sources) and once in index order (targets), and scatter. Kept values then
-    # only move among kept positions, so their multiset is preserved exactly, for a traced mask.
+    # The kept values move among the kept positions only, so their multiset is preserved exactly,
+    # for a traced mask: the j-th kept position in index order receives the value of the j-th
+    # kept position in order of its perm value. Both lists are compactions by a running count
+    # (no sort: a sort is the slow part of a pruning round on a CPU).
     del wf
-    index = jnp.arange(w.size)
-    sources = jnp.lexsort((perm, ~m))
-    targets = jnp.lexsort((index, ~m))
-    return w.at[targets].set(w[sources])
+    n = w.size
+    index = jnp.arange(n)
+
+    def compact(keep: Array, values: Array) -> Array:
+        slot = jnp.where(keep, jnp.cumsum(keep) - 1, n)  # out of range: dropped
+        return jnp.zeros(n, values.dtype).at[slot].set(values, mode="drop")
+
+    by_perm = jnp.zeros(n, index.dtype).at[perm].set(index)  # positions by increasing perm value
+    sources = compact(m[by_perm], by_perm)
+    targets = compact(m, index)
+    kept = index < jnp.sum(m)
+    return w.at[jnp.where(kept, targets, n)].set(w[sources], mode="drop")
 
 
 def _signed_reshuffle(w: Array, m: Array, perm: Array, wf: Array | None) -> Array:

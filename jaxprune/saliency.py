@@ -142,7 +142,7 @@ def _loss_fn(
     apply_fn: ApplyFn, x: Array, y: Array, temperature: ArrayLike = 1.0
 ) -> Callable[[Params], Array]:
     def loss(params: Params) -> Array:
-        return _cross_entropy(hessian._logits(apply_fn, params, x) / temperature, y)
+        return _cross_entropy(_checks.model_logits(apply_fn, params, x) / temperature, y)
 
     return loss
 
@@ -192,7 +192,7 @@ def obd(
       Array([[0.0524..., 0.0524...]], dtype=float32)
     """
     _checks.check_choice(method, OBD_METHODS, name="method")
-    p32, x, y = hessian._prepare(apply_fn, params, batch)
+    p32, x, y = _checks.prepare_model_inputs(apply_fn, params, batch)
     if method == "gauss_newton":
         diag = hessian.gauss_newton_diagonal(apply_fn, p32, (x, y), chunk_size=chunk_size)
         return jax.tree.map(lambda h, p: 0.5 * h * p * p, diag, p32)
@@ -225,7 +225,7 @@ def snip(apply_fn: ApplyFn, params: Params, batch: Batch) -> Scores:
       >>> s["w"].round(4)  # g = softmax(2, -1) - (1, 0) = (-0.0474, 0.0474)
       Array([[0.0949, 0.0474]], dtype=float32)
     """
-    p32, x, y = hessian._prepare(apply_fn, params, batch)
+    p32, x, y = _checks.prepare_model_inputs(apply_fn, params, batch)
     grads = jax.grad(_loss_fn(apply_fn, x, y))(p32)
     return jax.tree.map(lambda g, p: jnp.abs(g * p), grads, p32)
 
@@ -275,7 +275,7 @@ def grasp(
       >>> jax.tree.map(jnp.shape, s)
       {'w1': (3, 4), 'w2': (4, 2)}
     """
-    p32, x, y = hessian._prepare(apply_fn, params, batch)
+    p32, x, y = _checks.prepare_model_inputs(apply_fn, params, batch)
     _check_positive(temperature, name="temperature")
     loss = _loss_fn(apply_fn, x, y, temperature)
     flags = masks.is_prunable(p32, prunable)
@@ -321,8 +321,8 @@ def taylor(apply_fn: ApplyFn, params: Params, batch: Batch, *, microbatches: int
       >>> saliency.taylor(apply_fn, params, batch, microbatches=2)["w"]  # slices disagree
       Array([[1.819..., 0.454...]], dtype=float32)
     """
-    p32, x, y = hessian._prepare(apply_fn, params, batch)
-    hessian._check_positive_int(microbatches, name="microbatches")
+    p32, x, y = _checks.prepare_model_inputs(apply_fn, params, batch)
+    _checks.check_positive_int(microbatches, name="microbatches")
     if x.shape[0] % microbatches:
         raise ValueError(
             f"batch size {x.shape[0]} must be a multiple of microbatches={microbatches} (equal "
@@ -377,8 +377,8 @@ def balanced_batch(
       >>> bool(jnp.all(y[xb[:, 0].astype(int)] == yb))
       True
     """
-    xa, ya = hessian._check_batch((x, y), name="(x, y)")
-    hessian._check_positive_int(per_class, name="per_class")
+    xa, ya = _checks.check_batch((x, y), name="(x, y)")
+    _checks.check_positive_int(per_class, name="per_class")
     _checks.require(key, name="key", why="by balanced_batch (it draws the examples)")
     _checks.check_key(key)
     if num_classes is None:
@@ -387,7 +387,7 @@ def balanced_batch(
                 "num_classes is required when y is traced (under jit): pass num_classes=."
             )
         num_classes = int(np.max(np.asarray(y))) + 1
-    hessian._check_positive_int(num_classes, name="num_classes")
+    _checks.check_positive_int(num_classes, name="num_classes")
     if not _checks.is_traced(y):  # the argument itself: numpy labels stay concrete under jit
         counts = np.bincount(np.asarray(y), minlength=num_classes)
         short = [(c, int(n)) for c, n in enumerate(counts[:num_classes]) if n < per_class]
@@ -481,8 +481,8 @@ def synflow(
       >>> saliency.synflow(lambda p, x: x @ p["w1"] @ p["w2"], p, (1,), float64=True)["w1"]
       Array([[0.33333334, 0.6666667 ]], dtype=float32)
     """
-    hessian._check_apply_fn(apply_fn)
-    hessian._check_params(params)
+    _checks.check_apply_fn(apply_fn)
+    _checks.check_params(params)
     shape = _check_input_shape(input_shape)
     if float64:
         with jax.enable_x64(True):
@@ -689,7 +689,7 @@ def synflow_prune(
       >>> int(masks.count(m)), [int(m[k].sum()) > 0 for k in ("w1", "w2")]  # no layer collapses
       (8, [True, True])
     """
-    hessian._check_apply_fn(apply_fn)
+    _checks.check_apply_fn(apply_fn)
     shape = _check_input_shape(input_shape)
 
     def score_fn(p: Params) -> Scores:
@@ -845,6 +845,6 @@ def score(
     if needs_key:
         _checks.require(key, name="key", why=f"by saliency method {name!r}")
     _checks.check_key(key)
-    hessian._check_apply_fn(apply_fn)
-    hessian._check_params(params)
+    _checks.check_apply_fn(apply_fn)
+    _checks.check_params(params)
     return METHODS[name](apply_fn, params, batch, key=key, **options)

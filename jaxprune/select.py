@@ -182,8 +182,14 @@ def keep_top_k(
 ) -> Array:
     """Keep exactly ``min(k, #eligible)`` eligible entries of a 1-D score vector, the highest first.
 
-    Order: ``reserved`` entries first, then higher score, then lower index (or, with ``key``, a
-    random permutation of indices) — so the kept count is exact even with heavy ties.
+    Order: ``reserved`` entries first, then higher score (NaN lowest, ``-0.0 == 0.0``), then lower
+    index — or, with ``key``, random 32-bit draws from ``key`` and then lower index (a random order
+    of the tied entries) — so the kept count is exact even with heavy ties.
+
+    No sort: the k-th highest score is found by bisection on the bits of the scores' order-
+    preserving integer codes (32 passes of compare-and-count), ties at it by the same bisection on
+    the random draws, then by index (a running count). On a CPU, XLA's sort is the slow part of a
+    pruning round; this is several times faster and exact.
 
     Args:
       scores: 1-D float scores; NaN ranks lowest.
@@ -200,18 +206,58 @@ def keep_top_k(
       >>> from jaxprune import select
       >>> select.keep_top_k(jnp.array([1.0, 3.0, 3.0, 2.0]), jnp.ones(4, bool), 2)
       Array([False,  True,  True, False], dtype=bool)
+      >>> select.keep_top_k(jnp.array([1.0, 3.0, 3.0, 2.0]), jnp.ones(4, bool), 1)  # a tie: index
+      Array([False,  True, False, False], dtype=bool)
     """
     s = jnp.asarray(scores)
-    elig = jnp.asarray(eligible, bool)
-    n = s.shape[0]
-    nan = jnp.isnan(s)  # its own key: NaN must rank below -inf too (criteria use -inf = lowest)
-    s = jnp.where(nan, -jnp.inf, s)
-    tiebreak = jnp.arange(n) if key is None else jax.random.permutation(key, n)
-    res = jnp.zeros(n, bool) if reserved is None else jnp.asarray(reserved, bool) & elig
-    # lexsort sorts by the last key first: eligible, reserved, not NaN, score (desc), tiebreak.
-    order = jnp.lexsort((tiebreak, -s, nan, ~res, ~elig))
-    rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-    return (rank < k) & elig
+    cand = jnp.asarray(eligible, bool)
+    need = jnp.asarray(k, jnp.int32)
+    chosen = jnp.zeros(cand.shape, bool)
+    if reserved is not None:
+        # Reserved entries first: all of them if k allows, else the best k of them.
+        res = jnp.asarray(reserved, bool) & cand
+        n_res = jnp.sum(res, dtype=jnp.int32)
+        all_in = need >= n_res
+        chosen = jnp.where(all_in, res, chosen)
+        cand = jnp.where(all_in, cand & ~res, res)
+        need = jnp.where(all_in, need - n_res, need)
+    codes = [_order_code(s)]
+    if key is not None:
+        codes.append(jax.random.bits(key, cand.shape, codes[0].dtype))
+    for code in codes:
+        # The need-th highest code among the candidates: all above it are kept, ties go on.
+        t = _kth_highest(code, cand, need)
+        above = cand & (code > t)
+        chosen = chosen | above
+        need = need - jnp.sum(above, dtype=jnp.int32)
+        cand = cand & (code == t)
+    # What is still tied: lower index first.
+    return chosen | (cand & (jnp.cumsum(cand, dtype=jnp.int32) <= need))
+
+
+def _order_code(s: Array) -> Array:
+    """Unsigned integer codes in the order of the scores: NaN lowest (0), then -inf … +inf, with
+    -0.0 and 0.0 equal (float64 scores, under x64, get 64-bit codes; other floats float32's)."""
+    wide = s.dtype == jnp.float64
+    f, u = (jnp.float64, jnp.uint64) if wide else (jnp.float32, jnp.uint32)
+    v = jnp.where(s == 0, jnp.zeros((), f), s.astype(f))  # -0.0 → 0.0
+    bits = lax.bitcast_convert_type(v, u)
+    top = jnp.asarray(1, u) << (8 * jnp.dtype(u).itemsize - 1)
+    code = jnp.where(bits & top, ~bits, bits | top)  # negatives reversed below the positives
+    return jnp.where(jnp.isnan(v), jnp.zeros((), u), code)
+
+
+def _kth_highest(code: Array, cand: Array, k: Array) -> Array:
+    """The largest ``t`` with ``#{cand & code >= t} >= k``: the k-th highest code among the
+    candidates (all ones when ``k <= 0``, 0 when ``k`` exceeds the candidates), bit by bit."""
+    u = code.dtype
+    width = 8 * jnp.dtype(u).itemsize
+
+    def bit(i: Array, t: Array) -> Array:
+        trial = t | (jnp.asarray(1, u) << (width - 1 - i).astype(u))
+        return jnp.where(jnp.sum(cand & (code >= trial), dtype=jnp.int32) >= k, trial, t)
+
+    return lax.fori_loop(0, width, bit, jnp.zeros((), u))
 
 
 def rates_by_pattern(params: Params, patterns: Mapping[str, float], default: float = 0.0) -> PyTree:

@@ -42,6 +42,7 @@ Example — a sweep of one's own in a few lines (docs/sweeps.md has a longer one
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -112,6 +113,17 @@ def history_columns(hist: train_.History, i: int, offset: int = 0) -> dict[str, 
 @jax.jit
 def _signed_constant(w_init: Params, mask: PyTree) -> Params:
     return jax.vmap(lambda w, m: reset.reset(w, m, kept="signed_constant")[0])(w_init, mask)
+
+
+@jax.jit
+def _ones(params: Params) -> PyTree:
+    return jax.vmap(masks.ones)(params)
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def _init_states(steps: train_.Steps, params: Params) -> train_.TrainState:
+    # One program for the stacked init (eagerly, every optimizer leaf would compile its own).
+    return jax.vmap(steps.init)(params)
 
 
 class _Clock:
@@ -270,7 +282,7 @@ def run_levels(
         seed_rows = jnp.asarray(table.seed)
         w_init = tickets.gather(theta_k, seed_rows)
         final = tickets.gather(dense_final, seed_rows)
-        mask = jax.vmap(masks.ones)(w_init)
+        mask = _ones(w_init)
         grads = None
         if "grads" in tickets.needs(table, scorers):
             x, y = (jnp.asarray(a[:grads_examples]) for a in dataset.train)
@@ -342,7 +354,7 @@ class _Driver:
     ) -> tuple[train_.TrainState, train_.History]:  # fmt: skip
         n = int(jax.tree.leaves(mask)[0].shape[0])
         state, hist = self.clock.fit(
-            steps, jax.vmap(steps.init)(params), mask, self.ds.train, self.ds.val, self.ds.test,
+            steps, _init_states(steps, params), mask, self.ds.train, self.ds.val, self.ds.test,
             iterations=iterations, batch_size=self.batch_size,
             eval_every=min(self.eval_every, iterations), data_key=data_key, frozen=frozen,
             tickets=True, mesh=train_.mesh_for(n), progress=self.progress, desc=desc,
@@ -358,7 +370,7 @@ class _Driver:
             saved = train_.checkpoint.restore(self.state_dir / "level_000", like=like)
             return saved["theta_k"], saved["final"]
         _clear_state(self.state_dir, 0)
-        ones = jax.vmap(masks.ones)(theta0)
+        ones = _ones(theta0)
         theta_k, params = theta0, theta0
         if k:
             state, _ = self.fit(

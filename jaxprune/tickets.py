@@ -162,15 +162,19 @@ def table(tickets: Sequence[Ticket], *, key: Key) -> Table:
             )
         _checks.check_choice(t.kept, reset.KEPT, name=f"tickets[{i}].kept")
         _checks.check_choice(t.pruned, reset.PRUNED, name=f"tickets[{i}].pruned")
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
     return Table(
-        keys=keys,
+        keys=_fold_in_range(key, n=n),
         seed=jnp.asarray([t.seed for t in tickets], jnp.int32),
         source=jnp.asarray([i if t.source is None else t.source for i, t in enumerate(tickets)], jnp.int32),
         criterion=tuple(t.criterion for t in tickets),
         kept=tuple(t.kept for t in tickets),
         pruned=tuple(t.pruned for t in tickets),
     )
+
+
+@functools.partial(jax.jit, static_argnames="n")
+def _fold_in_range(key: Key, *, n: int) -> Key:
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
 def grid(
@@ -358,9 +362,16 @@ def _round(
 
     # reset.reset, split so that each kept reset and each pruned value is computed once for the
     # tickets that use it.
-    # The random kept resets all read one permutation per leaf: drawn once, for every ticket.
-    random_kept = any("key" in reset.KEPT[k].needs for k in table.kept)
-    perms = jax.vmap(lambda w, k: reset.permutations(w, jax.random.fold_in(k, 2)))(w_init, keys) if random_kept else None
+    # The random kept resets all read one permutation per leaf: drawn once per ticket that uses
+    # one (the permutation is a sort, the slow part of a round on a CPU), zeros for the others.
+    random_kept = [i for i, k in enumerate(table.kept) if "key" in reset.KEPT[k].needs]
+    perms = None
+    if random_kept:
+        idx = np.asarray(random_kept, np.int32)
+        drawn = jax.vmap(lambda w, k: reset.permutations(w, jax.random.fold_in(k, 2)))(
+            _take(w_init, idx, n), _take(keys, idx, n)
+        )
+        perms = _put(jax.tree.map(lambda p: jnp.zeros((n, *p.shape[1:]), p.dtype), drawn), idx, drawn, n)
     start = w_init
     for kept, idx in _groups(table.kept).items():
         need = reset.KEPT[str(kept)].needs

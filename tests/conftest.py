@@ -1,5 +1,7 @@
 """Strict test settings: implicit rank promotion raises, warnings are errors (pyproject)."""
 
+import os
+
 import jax
 import pytest
 from hypothesis import settings
@@ -8,6 +10,8 @@ from jaxprune import train
 
 # Tests that shard tickets over devices need several host devices (before jax computes anything).
 train.use_host_devices(8)
+# The studies' command line keeps compiled programs in ~/.cache; tests write nothing outside tmp.
+os.environ["JAXPRUNE_COMPILE_CACHE"] = "off"
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -1,5 +1,5 @@
 """Hessian diagonals against numbers computed another way: jax.hessian, float64 finite differences
-of a hand-written gradient and a hand-written Gauss-Newton matrix (the tanh MLP of test_saliency)."""
+of a hand-written gradient and a hand-written Gauss-Newton matrix (the tanh MLP of mlp_reference)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from test_saliency import (
+from mlp_reference import (
     fd_hessian_diagonal,
     mlp_apply,
     mlp_batch,

@@ -239,6 +239,33 @@ def test_keep_top_k_matches_lexsort_reference_with_heavy_ties(seed, n_values, k,
     assert_one_threshold(ranked, elig, got)
 
 
+@given(
+    seed=st.integers(0, 2**16),
+    n_values=st.integers(1, 4),
+    k=st.integers(-1, 40),
+    p_elig=st.floats(0, 1),
+    p_res=st.sampled_from([0.0, 0.2, 0.6]),
+)
+def test_keep_top_k_with_key_and_reserved_matches_the_reference_order(
+    seed, n_values, k, p_elig, p_res
+):
+    # The documented order: reserved first, higher score (NaN lowest, -0.0 == 0.0), then the
+    # higher random 32-bit draw of jax.random.bits(key), then the lower index.
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(-1, n_values, 37).astype(np.float32) * 0.5
+    scores[rng.random(37) < 0.1] = -np.inf
+    scores[rng.random(37) < 0.1] = np.nan
+    scores[scores == 0] *= np.where(rng.random(int((scores == 0).sum())) < 0.5, -1, 1)
+    elig = rng.random(37) < p_elig
+    res = rng.random(37) < p_res
+    key = jax.random.key(seed)
+    draws = np.asarray(jax.random.bits(key, (37,), jnp.uint32)).astype(np.int64)
+    got = np.asarray(keep_top_k_jit(scores, elig, k, key=key, reserved=res))
+    want = ref_top_k(scores, elig, max(k, 0), reserved=res, tiebreak=2**32 - 1 - draws)
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() == min(max(k, 0), elig.sum())
+
+
 def test_keep_top_k_by_hand():
     s = jnp.array([1.0, 3.0, jnp.nan, 3.0, 2.0, -jnp.inf])
     everyone = jnp.ones(6, bool)

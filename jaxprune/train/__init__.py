@@ -4,6 +4,7 @@ from jaxprune.train import checkpoint as checkpoint
 from jaxprune.train.compiles import CompileCount as CompileCount
 from jaxprune.train.compiles import count_compiles as count_compiles
 from jaxprune.train.devices import mesh_for as mesh_for
+from jaxprune.train.devices import use_compile_cache as use_compile_cache
 from jaxprune.train.devices import use_host_devices as use_host_devices
 from jaxprune.train.loop import History as History
 from jaxprune.train.loop import evaluate as evaluate
@@ -41,5 +42,6 @@ __all__ = [
     "ticket_mesh",
     "train_chunk",
     "unstack",
+    "use_compile_cache",
     "use_host_devices",
 ]
