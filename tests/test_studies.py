@@ -160,6 +160,7 @@ def test_deconstructing_on_mocked_mnist(tmp_path, capsys):
         (["--rates", "out"], "argument --rates: expected 'pattern=rate,...'"),
         (["--dataset", "imagenet"], "--dataset must be one of"),
         (["--dataset", "mnist"], "tfds build mnist"),
+        (["--batch-size", "100000"], "--batch-size must be at most the 1197 training examples"),
     ],
 )
 def test_bad_settings_stop_before_training(argv, says, tmp_path, capsys):

@@ -1,0 +1,105 @@
+"""The level driver: rows against the exact count arithmetic, resuming, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import optax
+import pytest
+
+from jaxprune import data, models, results, sweep, tickets, train
+
+HIDDEN = 16
+SIZES = {"fc0": 64 * HIDDEN, "out": HIDDEN * 10}  # the prunable kernels of models.build("mlp")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ds = data.load("digits")
+    nets = [
+        models.functional(models.build("mlp", input_shape=ds.input_shape, num_classes=10,
+                                       seed=s, hidden=(HIDDEN,)))
+        for s in range(2)
+    ]  # fmt: skip
+    return ds, nets[0][0], train.stack([n[1] for n in nets])
+
+
+def _run(folder, setup, table, **kw):
+    ds, apply_fn, theta0 = setup
+    settings = dict(
+        optimizer=optax.adam(1e-2), levels=2, rates=0.5, iterations=20, batch_size=64,
+        eval_every=10, key=jax.random.key(1), progress=False,
+    )  # fmt: skip
+    return sweep.run_levels(folder, table, apply_fn, theta0, ds, **{**settings, **kw})
+
+
+def test_rows_follow_the_count_arithmetic_and_a_resumed_run_recomputes_nothing_done(
+    tmp_path, setup, monkeypatch
+):
+    table = tickets.table(
+        [tickets.Ticket(0), tickets.Ticket(1, "random", "reinit", "freeze_init"),
+         tickets.Ticket(1, kept="reinit", source=0)],
+        key=jax.random.key(0),
+    )  # fmt: skip
+    first = _run(tmp_path / "run", setup, table, columns=[{"name": c} for c in "abc"],
+                 rewind_iteration=5)  # fmt: skip
+    assert sorted((r["ticket"], r["level"]) for r in first.rows) == [
+        (t, lv) for t in range(3) for lv in range(3)
+    ]
+    for r in first.rows:
+        kept = {k: v for k, v in SIZES.items()}
+        for _ in range(r["level"]):
+            kept = {k: v - math.floor(0.5 * v + 0.5) for k, v in kept.items()}
+        assert r["density"] == pytest.approx(sum(kept.values()) / sum(SIZES.values()))
+        assert r["name"] == "abc"[r["ticket"]] and r["source"] == (0 if r["ticket"] == 2 else r["ticket"])
+        assert r["iterations"] == (25 if r["level"] == 0 else 20)
+        # Evaluations after 10 and 20 steps from the rewind point θ_5, counted from θ_0.
+        assert r["early_stop_iteration"] in (15, 25) and r["first_eval_iteration"] == 15
+        assert (r["untrained_acc"] is None) == (r["level"] == 0)
+    assert set(first.timings) == {"total", "compile", "train", "other", "programs"}
+    # Lose the last level (its rows and its checkpoint), as a run killed during it would.
+    (unit,) = (tmp_path / "run" / "rows").glob("*-level_002.jsonl")
+    unit.unlink()
+    fits, restored = [], []
+    monkeypatch.setattr(sweep.train_, "fit", _counting(train.fit, fits))
+    monkeypatch.setattr(sweep.train_.checkpoint, "restore", _counting(train.checkpoint.restore, restored))
+    again = _run(tmp_path / "run", setup, table, columns=[{"name": c} for c in "abc"],
+                 rewind_iteration=5)  # fmt: skip
+    assert len(fits) == 1  # level 2 only: level 0 and 1 are restored, not retrained
+    assert [str(a[0].name) for a, _ in restored] == ["level_000", "level_001"]
+    key = lambda r: (r["level"], r["ticket"])  # noqa: E731
+    for a, b in zip(sorted(first.rows, key=key), sorted(again.rows, key=key), strict=True):
+        assert a == b  # the same program, inputs and data order: the same numbers
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append((args, kwargs))
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def test_bad_input_is_a_value_error_naming_the_argument(tmp_path, setup):
+    table = tickets.grid(3, key=jax.random.key(0))  # seeds 0..2, theta0 holds 2
+    with pytest.raises(ValueError, match=r"theta0 must hold a rewind point for every seed"):
+        _run(tmp_path / "a", setup, table)
+    two = tickets.grid(2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"batch_size must be at most the 1197 training examples"):
+        _run(tmp_path / "b", setup, two, batch_size=100_000)
+    with pytest.raises(ValueError, match=r"rewind_iteration must be below dense_iterations \(20\)"):
+        _run(tmp_path / "c", setup, two, rewind_iteration=20, dense_iterations=20)
+    with pytest.raises(ValueError, match=r"columns must be one mapping for every ticket or one per ticket \(2\), got 3"):
+        _run(tmp_path / "d", setup, two, columns=[{}, {}, {}])
+    assert not any((tmp_path / f).exists() for f in "abcd")  # refused before anything is written
+    _run(tmp_path / "e", setup, two, levels=0)
+    other = tickets.grid(2, ("random",), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="config differs"):
+        _run(tmp_path / "e", setup, other, levels=0)  # a folder never mixes runs
+    assert len(results.Store(tmp_path / "e", _config(tmp_path / "e")).rows()) == 2
+
+
+def _config(folder):
+    return json.loads((folder / "config.json").read_text())
