@@ -190,11 +190,11 @@ def run(
     *,
     out: str = "runs",
     progress: bool = True,
-    extra: Callable[[results.Store, Setup, bool], float] | None = None,
+    extra: Callable[[results.Store, Setup, bool], tuple[float, int]] | None = None,
 ) -> Path:
     """Run every level of ``table`` (``controls``: each ticket's ``control`` column), then
     ``extra(store, setup, progress)`` — more units of the same run, returning its training
-    seconds — and write ``timings.json``; returns the run folder."""
+    seconds and ticket-steps — and write ``timings.json``; returns the run folder."""
     validate(cfg)
     s = setup(cfg)
     store = results.Store(results.run_dir(out, study, cfg.to_json()), cfg.to_json())
@@ -210,12 +210,14 @@ def run(
             columns=columns(study, cfg, controls, table.kept), progress=progress,
             desc=f"{study}: levels",
         )  # fmt: skip
-        train_s = done.timings["train"] + (extra(store, s, progress) if extra else 0.0)
+        more_s, more_steps = extra(store, s, progress) if extra else (0.0, 0)
+        train_s = done.timings["train"] + more_s
         store.write_csv()
         total = time.perf_counter() - start
     timings = {
         "total": total, "compile": compiles.seconds, "programs": compiles.programs,
         "train": train_s, "other": total - compiles.seconds - train_s,
+        "ticket_steps": done.timings["ticket_steps"] + more_steps,
     }  # fmt: skip
     (store.path / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     return store.path

@@ -240,10 +240,12 @@ def describe_timings(t: Mapping[str, float]) -> str:
 
     Example:
       >>> print(describe_timings({"total": 50.0, "compile": 9.5, "programs": 41, "train": 33.0,
-      ...                         "other": 7.5}))
-      time 50.0 s: compiling 9.5 s (41 XLA programs), training 33.0 s, everything else 7.5 s
+      ...                         "other": 7.5, "ticket_steps": 132_000}))
+      time 50.0 s: compiling 9.5 s (41 XLA programs), training 33.0 s (4,000 ticket-steps/s), everything else 7.5 s
     """
+    rate = t.get("ticket_steps", 0) / t["train"] if t["train"] > 0 else 0.0
     return (
         f"time {t['total']:.1f} s: compiling {t['compile']:.1f} s ({int(t['programs'])} XLA "
-        f"programs), training {t['train']:.1f} s, everything else {t['other']:.1f} s"
+        f"programs), training {t['train']:.1f} s ({rate:,.0f} ticket-steps/s), everything "
+        f"else {t['other']:.1f} s"
     )

@@ -226,11 +226,12 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
 
 def learned_supermasks(
     cfg: Config, store: results.Store, s: _imp.Setup, progress: bool
-) -> float:
+) -> tuple[float, int]:
     """Weights frozen at θ₀, a logit per weight trained through a Bernoulli sample (Zhou et al.),
-    with and without dynamic weight rescaling: one committed unit; returns the training seconds."""
+    with and without dynamic weight rescaling: one committed unit; returns the training seconds
+    and ticket-steps."""
     if not cfg.supermask_iterations or store.has("learned_supermask"):
-        return 0.0
+        return 0.0, 0
     rows, seconds = [], 0.0
     keys = jax.random.split(jax.random.key(7), cfg.seeds)
     ones = jax.jit(jax.vmap(masks.ones))(s.theta0)
@@ -264,7 +265,7 @@ def learned_supermasks(
                 }
             )  # fmt: skip
     store.write("learned_supermask", rows)
-    return seconds
+    return seconds, 2 * cfg.seeds * cfg.supermask_iterations
 
 
 def brief(folder: Path, cfg: Config) -> str:

@@ -68,8 +68,9 @@ class Sweep(NamedTuple):
     """What :func:`run_levels` returns.
 
     ``timings`` (of this invocation, in seconds): ``total``, ``compile`` (tracing, lowering and
-    XLA compiling), ``train`` (the training runs, their compiles excluded), ``other``, and
-    ``programs``: the number of XLA programs compiled.
+    XLA compiling), ``train`` (the training runs, their compiles excluded), ``other``;
+    ``programs``: the number of XLA programs compiled; ``ticket_steps``: training steps summed
+    over tickets (``ticket_steps / train`` is the engine's throughput in this run).
     """
 
     path: Path
@@ -132,11 +133,13 @@ class _Clock:
     def __init__(self, compiles: train_.CompileCount) -> None:
         self.compiles = compiles
         self.train = 0.0
+        self.ticket_steps = 0
 
     def fit(self, *args: Any, **kwargs: Any) -> tuple[train_.TrainState, train_.History]:
         t0, c0 = time.perf_counter(), self.compiles.seconds
         out = train_.fit(*args, **kwargs)
         self.train += time.perf_counter() - t0 - (self.compiles.seconds - c0)
+        self.ticket_steps += int(jax.tree.leaves(args[2])[0].shape[0]) * kwargs["iterations"]
         return out
 
 
@@ -304,6 +307,7 @@ def run_levels(
         "train": clock.train,
         "other": total - compiles.seconds - clock.train,
         "programs": float(compiles.programs),
+        "ticket_steps": float(clock.ticket_steps),
     }
     return Sweep(store.path, store.rows(), timings)
 
