@@ -418,6 +418,7 @@ class _Driver:
             self.table, level, w_init, final, mask, rates, grads=grads, scope=scope,
             min_keep=min_keep, scorers=scorers,
         )  # fmt: skip
+        jax.block_until_ready(new)  # so that its time is not counted as training
         frozen = new.frozen if self.forward else None
         xs, ys = self.ds.test
         untrained = train_.evaluate(self.steps, new.params, new.mask, frozen, xs, ys, tickets=True)[1]
@@ -427,6 +428,7 @@ class _Driver:
             extra["supermask_acc"] = train_.evaluate(
                 self.steps, signed, new.mask, None, xs, ys, tickets=True
             )[1]
+        jax.block_until_ready((untrained, extra))
         state, hist = self.fit(
             self.steps, new.params, new.mask, frozen, iterations=iterations,
             data_key=jax.random.fold_in(self.key, 1),
