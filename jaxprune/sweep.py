@@ -258,7 +258,9 @@ def run_levels(
     Returns:
       A :class:`Sweep`: the run folder, every committed row, and this invocation's timings.
     """
-    dense_iterations = iterations + rewind_iteration if dense_iterations is None else dense_iterations
+    dense_iterations = (
+        iterations + rewind_iteration if dense_iterations is None else dense_iterations
+    )
     n_seeds = _check_settings(
         table, theta0, dataset, levels, iterations, dense_iterations, rewind_iteration,
         batch_size, eval_every,
@@ -281,7 +283,9 @@ def run_levels(
             batch_size=batch_size, eval_every=eval_every, key=key, progress=progress,
             columns=per_ticket, supermask_acc=supermask_acc,
         )  # fmt: skip
-        theta_k, dense_final = driver.level_zero(theta0, dense_iterations, rewind_iteration, n_seeds)
+        theta_k, dense_final = driver.level_zero(
+            theta0, dense_iterations, rewind_iteration, n_seeds
+        )
         seed_rows = jnp.asarray(table.seed)
         w_init = tickets.gather(theta_k, seed_rows)
         final = tickets.gather(dense_final, seed_rows)
@@ -340,7 +344,9 @@ class _Driver:
         self.state_dir = store.path / "state"
         self.done = set(store.done())
         self.forward = any(p != "zero" for p in table.pruned)
-        self.steps = train_.make_steps(apply_fn, optimizer, mode="forward" if self.forward else "zero")
+        self.steps = train_.make_steps(
+            apply_fn, optimizer, mode="forward" if self.forward else "zero"
+        )
         self.dense_steps = train_.make_steps(apply_fn, optimizer)
         self.batch_size, self.eval_every, self.progress = batch_size, eval_every, progress
         self.key, self.supermask_acc = key, supermask_acc
@@ -386,7 +392,9 @@ class _Driver:
             self.dense_steps, params, ones, None, iterations=dense_iterations - k,
             data_key=jax.random.fold_in(self.key, 1), desc=f"level 0 (dense, {n_seeds} seeds)",
         )  # fmt: skip
-        train_.checkpoint.save(self.state_dir / "level_000", {"theta_k": theta_k, "final": state.params})
+        train_.checkpoint.save(
+            self.state_dir / "level_000", {"theta_k": theta_k, "final": state.params}
+        )
         seeds = np.asarray(self.table.seed)
         rows = [
             {
@@ -421,7 +429,9 @@ class _Driver:
         jax.block_until_ready(new)  # so that its time is not counted as training
         frozen = new.frozen if self.forward else None
         xs, ys = self.ds.test
-        untrained = train_.evaluate(self.steps, new.params, new.mask, frozen, xs, ys, tickets=True)[1]
+        untrained = train_.evaluate(self.steps, new.params, new.mask, frozen, xs, ys, tickets=True)[
+            1
+        ]
         extra: dict[str, Any] = {}
         if self.supermask_acc:
             signed = _signed_constant(w_init, new.mask)

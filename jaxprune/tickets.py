@@ -165,7 +165,9 @@ def table(tickets: Sequence[Ticket], *, key: Key) -> Table:
     return Table(
         keys=_fold_in_range(key, n=n),
         seed=jnp.asarray([t.seed for t in tickets], jnp.int32),
-        source=jnp.asarray([i if t.source is None else t.source for i, t in enumerate(tickets)], jnp.int32),
+        source=jnp.asarray(
+            [i if t.source is None else t.source for i, t in enumerate(tickets)], jnp.int32
+        ),
         criterion=tuple(t.criterion for t in tickets),
         kept=tuple(t.kept for t in tickets),
         pruned=tuple(t.pruned for t in tickets),
@@ -353,17 +355,16 @@ def _round(
         scores = _put(scores, idx, part, n)
 
     def choose(s: Scores, m: Mask, r: PyTree, k: Key) -> Mask:
-        pick = select.prune(s, m, r, scope=scope, min_keep=min_keep, key=jax.random.fold_in(k, 1))  # type: ignore[arg-type]
-        return pick
+        tie_key = jax.random.fold_in(k, 1)
+        return select.prune(s, m, r, scope=scope, min_keep=min_keep, key=tie_key)  # type: ignore[arg-type]
 
     new = jax.vmap(choose)(scores, mask, rates, keys)
     # Every ticket takes its source's new mask (itself, unless it is a control).
     mask = jax.tree.map(lambda a: a[table.source], new)
 
     # reset.reset, split so that each kept reset and each pruned value is computed once for the
-    # tickets that use it.
-    # The random kept resets all read one permutation per leaf: drawn once per ticket that uses
-    # one (the permutation is a sort, the slow part of a round on a CPU), zeros for the others.
+    # tickets that use it. The random kept resets all read one permutation per leaf: drawn once
+    # per ticket that uses one (a permutation is a sort, the slow part of a round on a CPU).
     random_kept = [i for i, k in enumerate(table.kept) if "key" in reset.KEPT[k].needs]
     perms = None
     if random_kept:
@@ -371,12 +372,16 @@ def _round(
         drawn = jax.vmap(lambda w, k: reset.permutations(w, jax.random.fold_in(k, 2)))(
             _take(w_init, idx, n), _take(keys, idx, n)
         )
-        perms = _put(jax.tree.map(lambda p: jnp.zeros((n, *p.shape[1:]), p.dtype), drawn), idx, drawn, n)
+        perms = _put(
+            jax.tree.map(lambda p: jnp.zeros((n, *p.shape[1:]), p.dtype), drawn), idx, drawn, n
+        )
     start = w_init
     for kept, idx in _groups(table.kept).items():
         need = reset.KEPT[str(kept)].needs
 
-        def keep(wi: Params, m: Mask, wf: Params, pm: PyTree, kept: Any = kept, need: Any = need) -> Params:
+        def keep(
+            wi: Params, m: Mask, wf: Params, pm: PyTree, kept: Any = kept, need: Any = need
+        ) -> Params:
             return reset.reset_kept(
                 str(kept), wi, m, permutations=pm if "key" in need else None,
                 w_final=wf if "w_final" in need else None,
@@ -389,11 +394,21 @@ def _round(
         need = reset.PRUNED[str(pruned)].needs
 
         def freeze(
-            wi: Params, m: Mask, wf: Params, k: Key, st: Params, pruned: Any = pruned, need: Any = need
+            wi: Params,
+            m: Mask,
+            wf: Params,
+            k: Key,
+            st: Params,
+            pruned: Any = pruned,
+            need: Any = need,
         ) -> tuple[Params, Params]:
             wf = wf if "w_final" in need else None
             f = reset.pruned_values(
-                str(pruned), wi, m, w_final=wf, key=jax.random.fold_in(k, 3) if "key" in need else None
+                str(pruned),
+                wi,
+                m,
+                w_final=wf,
+                key=jax.random.fold_in(k, 3) if "key" in need else None,
             )
             return reset.start_params(st, f, m, pruned=str(pruned), w_init=wi, w_final=wf), f
 
@@ -456,8 +471,12 @@ def next_level(
         if name not in scorers:
             _checks.check_choice(name, criteria.CRITERIA, name=f"table.criterion[{i}]")
     if "grads" in needs(table, scorers) and grads is None:
-        wanting = sorted({c for c in table.criterion if c not in scorers and "grads" in criteria.needs(c)})
-        raise ValueError(f"grads is required by criteria {wanting} (gradients at w_init), got None.")
+        wanting = sorted(
+            {c for c in table.criterion if c not in scorers and "grads" in criteria.needs(c)}
+        )
+        raise ValueError(
+            f"grads is required by criteria {wanting} (gradients at w_init), got None."
+        )
     n = table.n
     for name, tree in (("w_init", w_init), ("w_final", w_final), ("mask", mask)):
         _check_stacked(tree, n, name=name)
@@ -501,4 +520,3 @@ def gather(tree: PyTree, index: ArrayLike) -> PyTree:
 @jax.jit
 def _gather(tree: PyTree, index: Array) -> PyTree:
     return jax.tree.map(lambda a: a[index], tree)
-

@@ -49,7 +49,10 @@ def test_the_wheel_installs_only_jaxprune_with_the_studies_and_the_command(tmp_p
     )  # fmt: skip
     (wheel,) = tmp_path.glob("jaxprune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {n.split("/")[0] for n in names} == {"jaxprune", wheel.name.split("-py")[0] + ".dist-info"}
+    assert {n.split("/")[0] for n in names} == {
+        "jaxprune",
+        wheel.name.split("-py")[0] + ".dist-info",
+    }
     for study in cli.STUDIES:
         assert f"jaxprune/studies/{study}.py" in names
     meta = next(n for n in names if n.endswith("entry_points.txt"))

@@ -53,18 +53,23 @@ def test_rows_follow_the_count_arithmetic_and_a_resumed_run_recomputes_nothing_d
         for _ in range(r["level"]):
             kept = {k: v - math.floor(0.5 * v + 0.5) for k, v in kept.items()}
         assert r["density"] == pytest.approx(sum(kept.values()) / sum(SIZES.values()))
-        assert r["name"] == "abc"[r["ticket"]] and r["source"] == (0 if r["ticket"] == 2 else r["ticket"])
+        assert r["name"] == "abc"[r["ticket"]] and r["source"] == (
+            0 if r["ticket"] == 2 else r["ticket"]
+        )
         assert r["iterations"] == (25 if r["level"] == 0 else 20)
         # Evaluations after 10 and 20 steps from the rewind point θ_5, counted from θ_0.
         assert r["early_stop_iteration"] in (15, 25) and r["first_eval_iteration"] == 15
         assert (r["untrained_acc"] is None) == (r["level"] == 0)
-    assert set(first.timings) == {"total", "compile", "train", "other", "programs"}
+    assert set(first.timings) == {"total", "compile", "train", "other", "programs", "ticket_steps"}
+    assert first.timings["ticket_steps"] == 2 * (5 + 20) + 2 * 3 * 20  # dense seeds, then levels
     # Lose the last level (its rows and its checkpoint), as a run killed during it would.
     (unit,) = (tmp_path / "run" / "rows").glob("*-level_002.jsonl")
     unit.unlink()
     fits, restored = [], []
     monkeypatch.setattr(sweep.train_, "fit", _counting(train.fit, fits))
-    monkeypatch.setattr(sweep.train_.checkpoint, "restore", _counting(train.checkpoint.restore, restored))
+    monkeypatch.setattr(
+        sweep.train_.checkpoint, "restore", _counting(train.checkpoint.restore, restored)
+    )
     again = _run(tmp_path / "run", setup, table, columns=[{"name": c} for c in "abc"],
                  rewind_iteration=5)  # fmt: skip
     assert len(fits) == 1  # level 2 only: level 0 and 1 are restored, not retrained
@@ -91,7 +96,10 @@ def test_bad_input_is_a_value_error_naming_the_argument(tmp_path, setup):
         _run(tmp_path / "b", setup, two, batch_size=100_000)
     with pytest.raises(ValueError, match=r"rewind_iteration must be below dense_iterations \(20\)"):
         _run(tmp_path / "c", setup, two, rewind_iteration=20, dense_iterations=20)
-    with pytest.raises(ValueError, match=r"columns must be one mapping for every ticket or one per ticket \(2\), got 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"columns must be one mapping for every ticket or one per ticket \(2\), got 3",
+    ):
         _run(tmp_path / "d", setup, two, columns=[{}, {}, {}])
     assert not any((tmp_path / f).exists() for f in "abcd")  # refused before anything is written
     _run(tmp_path / "e", setup, two, levels=0)

@@ -102,7 +102,9 @@ def test_sources_controls_and_global_selection():
     got = tickets.next_level(table, LEVEL, w_init, w_final, mask, 0.3, scope="global")
     want = _alone(table, w_init, w_final, mask, grads, 0.3, scope="global")
     _compare(got, want)
-    for a, b in zip(jax.tree.leaves(_row(got.mask, 0)), jax.tree.leaves(_row(got.mask, 1)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(_row(got.mask, 0)), jax.tree.leaves(_row(got.mask, 1)), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -185,9 +187,13 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"table.criterion\[0\].*'largest'"):
         tickets.next_level(bad, 1, *(_row(t, slice(0, 1)) for t in (w_init, w_final, mask)), 0.5)
     one = jax.tree.map(lambda a: a[:1], w_init)
-    with pytest.raises(ValueError, match=r"w_init\['fc1'\]\['bias'\] must carry a leading ticket axis of 2"):
+    with pytest.raises(
+        ValueError, match=r"w_init\['fc1'\]\['bias'\] must carry a leading ticket axis of 2"
+    ):
         tickets.next_level(table, 1, one, w_final, mask, RATES, grads=grads)
-    with pytest.raises(ValueError, match=r"rates\['fc1'\]\['kernel'\] must be a scalar or hold one rate per ticket"):
+    with pytest.raises(
+        ValueError, match=r"rates\['fc1'\]\['kernel'\] must be a scalar or hold one rate per ticket"
+    ):
         rates = {**RATES, "fc1": {"kernel": jnp.ones(5) * 0.5, "bias": 0.0}}
         tickets.next_level(table, 1, w_init, w_final, mask, rates, grads=grads)
     with pytest.raises(ValueError, match="must be one rate for global selection"):
