@@ -11,8 +11,12 @@ A row is a flat dict of JSON scalars (``str``, ``int``, ``float``, ``bool``, ``N
 committed atomically (temp file, ``fsync``, ``os.replace``, ``fsync`` of the folder), so a process
 killed at any instant leaves either the whole unit or none of it, and a committed unit can never be
 written again: an interrupted sweep resumes by skipping ``store.has(unit)`` and neither duplicates
-nor drops a row (invariant 9). Commits from several processes to one run are serialised by an
-advisory ``flock`` on ``<run>/.lock``.
+nor drops a row (invariant 9). Each unit file starts with a commit record (unit, row count,
+SHA-256 of the rows), checked whenever a Store opens the run: a unit damaged later is moved to
+``<run>/damaged/`` and recomputed, never silently short. One process writes a run at a time: a
+Store holds an exclusive ``flock`` on ``<run>/.lock`` while open, so a second process stops at
+once with a message naming the first; ``Store(..., readonly=True)`` reads (and reports) a run
+without writing anything.
 
 Only the standard library is used, so result handling never needs jax, flax or tfds.
 
@@ -47,8 +51,11 @@ import json
 import math
 import os
 import re
+import socket
+import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -57,7 +64,16 @@ try:  # POSIX: serialise commits of concurrent processes; elsewhere one writer p
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Row", "Scalar", "Store", "markdown_table", "run_dir", "summarize", "write_csv"]
+__all__ = [
+    "DamagedUnitWarning",
+    "Row",
+    "Scalar",
+    "Store",
+    "markdown_table",
+    "run_dir",
+    "summarize",
+    "write_csv",
+]
 
 Scalar: TypeAlias = str | int | float | bool | None
 """A JSON scalar: the only kind of value a row may hold."""
@@ -69,6 +85,8 @@ _MAX_NAME = 200  # file names stay well under the usual 255-byte limit
 _ROW_FILE = re.compile(r"(\d+)-([A-Za-z0-9_.-]+)\.jsonl")
 _TMP = ".tmp-"
 _CONFIG = "config.json"
+_LOCK = ".lock"
+_COMMIT = "__commit__"
 
 
 def _check_name(name: Any, *, what: str) -> str:
@@ -203,6 +221,8 @@ def _encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
         for key, value in row.items():
             if not isinstance(key, str) or not key:
                 raise ValueError(f"rows[{i}] has key {key!r}; row keys must be non-empty strings.")
+            if key == _COMMIT:
+                raise ValueError(f"rows[{i}] has key {key!r}, the name of the commit record.")
             try:
                 clean[key] = _json_scalar(value)
             except TypeError:
@@ -216,6 +236,54 @@ def _encode_rows(rows: Sequence[Mapping[str, Any]]) -> bytes:
     return "".join(lines).encode()
 
 
+class DamagedUnitWarning(UserWarning):
+    """A committed unit failed its check and was moved to ``<run>/damaged/`` to be recomputed."""
+
+
+_HELD: dict[str, list[int]] = {}  # resolved run folder → [lock file descriptor, Stores using it]
+
+
+def _holder(lock: Path) -> str:
+    try:
+        return lock.read_text(errors="replace").strip() or "an unknown process"
+    except OSError:
+        return "an unknown process"
+
+
+def _acquire(path: Path) -> None:
+    """Take the run's exclusive lock for this process (shared by its Stores on the folder)."""
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    lock = path / _LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel at any exit
+        except OSError:
+            os.close(fd)
+            raise ValueError(
+                f"run folder {path} is in use by another process ({_holder(lock)}). One process "
+                "per run: two would redo each other's work and clear each other's state. Wait "
+                "for it to finish (or stop it) and start again: the run resumes where it stopped."
+            ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n".encode())
+    _HELD[key] = [fd, 1]
+
+
+def _release(path: Path) -> None:
+    key = str(path.resolve())
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[key]
+        os.close(held[0])
+
+
 class Store:
     """The append-only, resumable store of one run's result rows (see the module docstring).
 
@@ -224,8 +292,15 @@ class Store:
       config: the run's settings. Written to ``config.json`` on first use; a later ``Store`` on the
         same folder must be given the same config, or it raises ``ValueError`` naming the settings
         that differ, so a run folder never mixes configs.
+      readonly: read a run without writing anything (e.g. to report a finished run, also from a
+        read-only folder): no lock, no repair — a damaged unit is a ``ValueError`` naming its file.
 
-    Leftover temp files of a killed writer are removed here.
+    A writable Store takes the run's lock for as long as it is open (:meth:`close`, or a ``with``
+    block; the kernel releases it if the process dies), so a second process on the same folder
+    stops at once with a message naming the holder. Leftover temp files of a killed writer are
+    removed, and every committed unit is checked against its commit record: a damaged one (a file
+    truncated, edited or unreadable) is moved to ``<run>/damaged/`` — nothing is deleted — with a
+    :class:`DamagedUnitWarning`, and is no longer :meth:`done`, so the run recomputes it.
 
     Example:
       >>> import tempfile
@@ -238,30 +313,65 @@ class Store:
       Traceback (most recent call last):
       ...
       ValueError: ... lr: stored 0.1, given 0.2...
+      >>> results.Store(store.path, {"lr": 0.1}, readonly=True).rows()
+      [{'density': 1.0, 'acc': 0.97}]
+      >>> store.close()
     """
 
-    def __init__(self, path: str | os.PathLike[str], config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], config: Mapping[str, Any], *, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         self.config: dict[str, Any] = json.loads(_canonical(config))
+        self.readonly = readonly
         self._rows_dir = self.path / "rows"
-        self._rows_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock():
+        self._locked = False
+        if readonly:
+            if not (self.path / _CONFIG).exists():
+                raise ValueError(f"{self.path} holds no run ({_CONFIG} is missing).")
+            self._check_config()
+            damaged = self._damaged()
+            if damaged:
+                raise ValueError(
+                    "damaged units in a run opened read-only: "
+                    + "; ".join(why for _, why in damaged)
+                    + ". Run the study again on this folder to recompute them."
+                )
+            return
+        try:
+            self._rows_dir.mkdir(parents=True, exist_ok=True)
+            _acquire(self.path)
+        except OSError as err:
+            raise OSError(
+                err.errno, f"cannot write the run folder {self.path}: {err.strerror}; choose "
+                "another output folder (e.g. --out)"
+            ) from None  # fmt: skip
+        self._locked = True
+        try:
             self._check_config()
             self._clean_temps()
+            self._repair()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run's lock (idempotent; also on garbage collection and at exit)."""
+        if self._locked:
+            self._locked = False
+            _release(self.path)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, units={len(self.done())})"
-
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.path / ".lock", "a") as f:
-            if fcntl is not None:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released by the kernel if we are killed
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _check_config(self) -> None:
         config_file = self.path / _CONFIG
@@ -274,7 +384,13 @@ class Store:
             text = json.dumps(self.config, sort_keys=True, indent=1) + "\n"
             _atomic_write(config_file, text.encode())
             return
-        stored = json.loads(config_file.read_text())
+        try:
+            stored = json.loads(config_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"{config_file} is damaged ({err}); it cannot be told apart from another run's "
+                "config. Move the run folder aside and start the run again."
+            ) from None
         if stored != self.config:
             diff = _config_diff(stored, self.config)
             raise ValueError(
@@ -295,7 +411,11 @@ class Store:
         """Committed units as ``(seq, unit, file name)`` in commit order; refuses duplicates."""
         # Plain strings, not Paths: has() rescans the folder on every call, so keep it cheap.
         found: list[tuple[int, str, str]] = []
-        for name in os.listdir(self._rows_dir):
+        try:
+            names = os.listdir(self._rows_dir)
+        except FileNotFoundError:
+            return []
+        for name in names:
             match = _ROW_FILE.fullmatch(name)
             if match:
                 found.append((int(match[1]), match[2], name))
@@ -310,6 +430,43 @@ class Store:
             seen[unit] = name
         return found
 
+    def _damaged(self) -> list[tuple[str, str]]:
+        """``(file name, what is wrong)`` of every committed unit that fails its commit record."""
+        out = []
+        for _, unit, name in self._scan():
+            try:
+                _read_unit(self._rows_dir / name, unit)
+            except ValueError as err:
+                out.append((name, str(err)))
+        return out
+
+    def _repair(self) -> None:
+        for name, why in self._damaged():
+            self._move_aside(name, f"damaged unit: {why}")
+
+    def _move_aside(self, name: str, what: str) -> None:
+        aside = self.path / "damaged"
+        aside.mkdir(exist_ok=True)
+        os.replace(self._rows_dir / name, aside / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
+        _fsync_dir(self._rows_dir)
+        warnings.warn(
+            f"{what}: moved to {aside} and recomputed when the run goes on.",
+            DamagedUnitWarning,
+            stacklevel=4,
+        )
+
+    def discard(self, unit: str, why: str) -> None:
+        """Un-commit ``unit`` so that the run recomputes it: its file is moved to
+        ``<run>/damaged/`` (nothing is deleted), with a :class:`DamagedUnitWarning` saying ``why``
+        (e.g. the checkpoint it wrote is unreadable)."""
+        if self.readonly:
+            raise ValueError(f"Store({str(self.path)!r}) is read-only; open it to write.")
+        for _, name, file in self._scan():
+            if name == unit:
+                self._move_aside(file, f"unit {unit!r} ({self._rows_dir / file}): {why}")
+                return
+        raise ValueError(f"unit {unit!r} is not committed in {self._rows_dir}.")
+
     def done(self) -> list[str]:
         """Names of the committed units, in commit order."""
         return [unit for _, unit, _ in self._scan()]
@@ -322,38 +479,39 @@ class Store:
     def write(self, unit: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Commit the rows of ``unit`` atomically: all of them become visible at once, or none.
 
+        The file starts with the unit's commit record — its name, its number of rows and the
+        SHA-256 of the rows — so that a unit damaged later is detected, not silently short.
+
         Args:
           unit: the unit's name, from ``[A-Za-z0-9_.-]`` (e.g. ``"seed3-round2"``).
           rows: its rows, flat dicts of JSON scalars (numpy scalars are converted; NaN and ±inf
             are kept). An empty list commits the unit with no rows.
 
         Raises:
-          ValueError: ``unit`` is already committed (a unit is never written twice), or a name or
-            row is invalid (the message names the row index and key).
+          ValueError: ``unit`` is already committed (a unit is never written twice), a name or
+            row is invalid (the message names the row index and key), or the Store is read-only.
         """
+        if self.readonly:
+            raise ValueError(f"Store({str(self.path)!r}) is read-only; open it to write.")
         _check_name(unit, what="unit")
-        data = _encode_rows(rows)
-        with self._lock():
-            found = self._scan()
-            for _, name, file in found:
-                if name == unit:
-                    raise ValueError(
-                        f"unit {unit!r} is already committed ({self._rows_dir / file}); a unit is "
-                        "never written twice. Check store.has(unit) before computing it."
-                    )
-            seq = found[-1][0] + 1 if found else 1
-            _atomic_write(self._rows_dir / f"{seq:06d}-{unit}.jsonl", data)
+        body = _encode_rows(rows)
+        record = {_COMMIT: {"unit": unit, "rows": len(rows), "sha256": _digest(body)}}
+        data = (json.dumps(record, separators=(",", ":")) + "\n").encode() + body
+        found = self._scan()
+        for _, name, file in found:
+            if name == unit:
+                raise ValueError(
+                    f"unit {unit!r} is already committed ({self._rows_dir / file}); a unit is "
+                    "never written twice. Check store.has(unit) before computing it."
+                )
+        seq = found[-1][0] + 1 if found else 1
+        _atomic_write(self._rows_dir / f"{seq:06d}-{unit}.jsonl", data)
 
     def rows(self) -> list[Row]:
         """All committed rows, unit by unit in commit order."""
         out: list[Row] = []
-        for _, _, name in self._scan():
-            file = self._rows_dir / name
-            for n, line in enumerate(file.read_text().splitlines(), start=1):
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as err:  # only if the file was edited by hand
-                    raise ValueError(f"{file}:{n} is not a JSON row: {err}") from err
+        for _, unit, name in self._scan():
+            out.extend(_read_unit(self._rows_dir / name, unit))
         return out
 
     def write_csv(self, path: str | os.PathLike[str] | None = None) -> Path:
@@ -362,8 +520,50 @@ class Store:
         Columns are the union of the rows' keys in first-seen order; a missing value or ``None``
         is an empty cell.
         """
-        with self._lock():  # a Store() opened meanwhile must not clean up our temp file
-            return write_csv(self.rows(), self.path / "results.csv" if path is None else path)
+        return write_csv(self.rows(), self.path / "results.csv" if path is None else path)
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _read_unit(file: Path, unit: str) -> list[Row]:
+    """The rows of one committed unit file, checked against its commit record.
+
+    Files written before commit records existed (no record line) are read as they are.
+    """
+    try:
+        data = file.read_bytes()
+        text = data.decode()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} cannot be read as UTF-8 text: {err}") from None
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        raise ValueError(f"{file} is empty: its commit record and rows are gone")
+    record = None
+    if lines[0].startswith('{"' + _COMMIT + '"'):
+        try:
+            record = json.loads(lines[0])[_COMMIT]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{file}:1 is a damaged commit record") from None
+        lines = lines[1:]
+    rows: list[Row] = []
+    for n, line in enumerate(lines, start=2 if record else 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:  # a damaged or hand-edited file
+            raise ValueError(f"{file}:{n} is not a JSON row: {err}") from None
+    if record is not None:
+        body = "".join(lines).encode()
+        if record.get("unit") != unit:
+            raise ValueError(f"{file} holds unit {record.get('unit')!r}, not {unit!r}")
+        if record.get("rows") != len(rows):
+            raise ValueError(
+                f"{file} has {len(rows)} rows, its commit record says {record.get('rows')}"
+            )
+        if record.get("sha256") != _digest(body):
+            raise ValueError(f"{file} does not match the checksum of its commit record")
+    return rows
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:

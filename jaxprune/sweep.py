@@ -15,7 +15,10 @@ Lottery Tickets, OBD's prune-and-retrain) and the one a researcher's own sweep r
 After each level the masks and trained weights are checkpointed (orbax, ``state/level_LLL``) and
 the level's rows are committed to the run's :class:`jaxprune.results.Store` in one atomic unit,
 so a killed run started again with the same arguments resumes at the first unfinished level and
-never duplicates or drops a row. One compiled program serves every level; the number of programs
+never duplicates or drops a row. A finished run started again restores nothing. A level whose
+rows are damaged (the store moves them aside) or whose checkpoint is unreadable when a later
+level needs it is recomputed from the level before it — the documented repair rule, announced by
+a :class:`jaxprune.results.DamagedUnitWarning` naming the file. One compiled program serves every level; the number of programs
 does not grow with the criteria, resets or pruned values in the table.
 
 Rows: one per ticket and level, with the ticket's ``ticket``, ``seed``, ``criterion``, ``kept``,
@@ -42,6 +45,7 @@ Example — a sweep of one's own in a few lines (docs/sweeps.md has a longer one
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -267,7 +271,7 @@ def run_levels(
     )  # fmt: skip
     n = table.n
     per_ticket = _ticket_columns(columns, n)
-    with train_.count_compiles() as compiles:
+    with train_.count_compiles() as compiles, contextlib.ExitStack() as opened:
         start = time.perf_counter()
         if not isinstance(store, results.Store):
             settings = {
@@ -276,34 +280,31 @@ def run_levels(
                 "eval_every": eval_every, "scope": scope, "min_keep": min_keep,
                 "dataset": dataset.name,
             }  # fmt: skip
-            store = results.Store(store, _describe(table, rates, settings, config))
+            store = opened.enter_context(
+                results.Store(store, _describe(table, rates, settings, config))
+            )
         clock = _Clock(compiles)
         driver = _Driver(
             store, table, apply_fn, dataset, optimizer, clock,
             batch_size=batch_size, eval_every=eval_every, key=key, progress=progress,
             columns=per_ticket, supermask_acc=supermask_acc,
         )  # fmt: skip
-        theta_k, dense_final = driver.level_zero(
-            theta0, dense_iterations, rewind_iteration, n_seeds
-        )
-        seed_rows = jnp.asarray(table.seed)
-        w_init = tickets.gather(theta_k, seed_rows)
-        final = tickets.gather(dense_final, seed_rows)
-        mask = _ones(w_init)
-        grads = None
-        if "grads" in tickets.needs(table, scorers):
-            x, y = (jnp.asarray(a[:grads_examples]) for a in dataset.train)
-            grads = _grads_at(apply_fn, w_init, x, y)
-        bar = tqdm(total=levels, desc=desc, unit="level", disable=not progress)
-        for level in range(1, levels + 1):
-            bar.set_postfix(tickets=n, level=level)
-            mask, final = driver.level(
-                level, levels, w_init, final, mask, rates, grads, iterations=iterations,
-                offset=rewind_iteration, scope=scope, min_keep=min_keep, scorers=scorers,
+        names = [f"level_{lv:03d}" for lv in range(levels + 1)]
+        if not all(name in driver.done for name in names):  # a finished run restores nothing
+            theta_k, dense_final = driver.dense(theta0, dense_iterations, rewind_iteration, n_seeds)
+            seed_rows = jnp.asarray(table.seed)
+            w_init = tickets.gather(theta_k, seed_rows)
+            grads = None
+            if "grads" in tickets.needs(table, scorers):
+                x, y = (jnp.asarray(a[:grads_examples]) for a in dataset.train)
+                grads = _grads_at(apply_fn, w_init, x, y)
+            driver.rounds(
+                w_init, tickets.gather(dense_final, seed_rows), rates, grads, levels=levels,
+                iterations=iterations, offset=rewind_iteration, scope=scope, min_keep=min_keep,
+                scorers=scorers, desc=desc,
             )  # fmt: skip
-            bar.update(1)
-        bar.close()
         store.write_csv()
+        rows = store.rows()
         total = time.perf_counter() - start
     timings = {
         "total": total,
@@ -313,7 +314,7 @@ def run_levels(
         "programs": float(compiles.programs),
         "ticket_steps": float(clock.ticket_steps),
     }
-    return Sweep(store.path, store.rows(), timings)
+    return Sweep(store.path, rows, timings)
 
 
 def _ticket_columns(
@@ -368,17 +369,24 @@ class _Driver:
             iterations=iterations, batch_size=self.batch_size,
             eval_every=min(self.eval_every, iterations), data_key=data_key, frozen=frozen,
             tickets=True, mesh=train_.mesh_for(n), progress=self.progress, desc=desc,
+            # A diverged ticket is a result: its rows say NaN, and the other tickets go on.
+            check_finite=False,
         )  # fmt: skip
         # Back on one device, where the next round gathers tickets across the whole table.
         return jax.device_put(state, jax.devices()[0]), hist
 
-    def level_zero(
+    def dense(
         self, theta0: Params, dense_iterations: int, k: int, n_seeds: int
     ) -> tuple[Params, Params]:
-        like = {"theta_k": theta0, "final": theta0}
+        """Level 0 (θ_k and the dense weights per seed): restored, or trained and committed."""
         if "level_000" in self.done:
-            saved = train_.checkpoint.restore(self.state_dir / "level_000", like=like)
-            return saved["theta_k"], saved["final"]
+            try:
+                saved = train_.checkpoint.restore(
+                    self.state_dir / "level_000", like={"theta_k": theta0, "final": theta0}
+                )
+                return saved["theta_k"], saved["final"]
+            except (ValueError, OSError) as err:
+                self._uncommit(0, err)
         _clear_state(self.state_dir, 0)
         ones = _ones(theta0)
         theta_k, params = theta0, theta0
@@ -409,52 +417,81 @@ class _Driver:
         self.done.add("level_000")
         return theta_k, state.params
 
-    def level(
-        self, level: int, levels: int, w_init: Params, final: Params, mask: PyTree, rates: Any,
-        grads: PyTree | None, *, iterations: int, offset: int, scope: str, min_keep: int,
-        scorers: Mapping[str, tickets.Scorer] | None,
-    ) -> tuple[PyTree, Params]:  # fmt: skip
+    def _uncommit(self, level: int, err: Exception) -> None:
+        """A committed level whose checkpoint is unreadable is recomputed (documented rule)."""
         name = f"level_{level:03d}"
-        if name in self.done:
-            if f"level_{level + 1:03d}" not in self.done:
-                like = {"mask": mask, "final": final}
-                saved = train_.checkpoint.restore(self.state_dir / name, like=like)
-                return saved["mask"], saved["final"]
-            return mask, final
+        self.store.discard(name, f"its checkpoint {self.state_dir / name} is unreadable ({err})")
+        self.done.discard(name)
+
+    def rounds(
+        self, w_init: Params, final0: Params, rates: Any, grads: PyTree | None, *, levels: int,
+        iterations: int, offset: int, scope: str, min_keep: int,
+        scorers: Mapping[str, tickets.Scorer] | None, desc: str,
+    ) -> None:  # fmt: skip
+        """Levels 1…``levels``: every level not committed is computed from the state of the level
+        before it — held from this run, restored from its checkpoint, or (unreadable) recomputed."""
+        self.w_init, self.rates, self.grads = w_init, rates, grads
+        self.levels, self.iterations, self.offset = levels, iterations, offset
+        self.scope, self.min_keep, self.scorers = scope, min_keep, scorers
+        self.latest: tuple[int, PyTree, Params] = (0, _ones(w_init), final0)
+        bar = tqdm(total=levels, desc=desc, unit="level", disable=not self.progress)
+        for level in range(1, levels + 1):
+            bar.set_postfix(tickets=self.table.n, level=level)
+            if f"level_{level:03d}" not in self.done:
+                mask, final = self._state(level - 1)
+                self.latest = (level, *self._compute(level, mask, final))
+            bar.update(1)
+        bar.close()
+
+    def _state(self, level: int) -> tuple[PyTree, Params]:
+        """The masks and trained weights after ``level``."""
+        if self.latest[0] == level:
+            return self.latest[1], self.latest[2]
+        like = {"mask": self.latest[1], "final": self.latest[2]}
+        try:
+            saved = train_.checkpoint.restore(self.state_dir / f"level_{level:03d}", like=like)
+            return saved["mask"], saved["final"]
+        except (ValueError, OSError) as err:
+            self._uncommit(level, err)
+        return self._compute(level, *self._state(level - 1))
+
+    def _compute(self, level: int, mask: PyTree, final: Params) -> tuple[PyTree, Params]:
+        """Prune, evaluate, train and commit one level; returns its masks and trained weights."""
+        name = f"level_{level:03d}"
         _clear_state(self.state_dir, level)
+        w_init = self.w_init
         new = tickets.next_level(
-            self.table, level, w_init, final, mask, rates, grads=grads, scope=scope,
-            min_keep=min_keep, scorers=scorers,
+            self.table, level, w_init, final, mask, self.rates, grads=self.grads,
+            scope=self.scope, min_keep=self.min_keep, scorers=self.scorers,
         )  # fmt: skip
         jax.block_until_ready(new)  # so that its time is not counted as training
         frozen = new.frozen if self.forward else None
-        xs, ys = self.ds.test
-        untrained = train_.evaluate(self.steps, new.params, new.mask, frozen, xs, ys, tickets=True)[
-            1
-        ]
-        extra: dict[str, Any] = {}
+        extra = {"untrained_acc": self._accuracy(new.params, new.mask, frozen)}
         if self.supermask_acc:
             signed = _signed_constant(w_init, new.mask)
-            extra["supermask_acc"] = train_.evaluate(
-                self.steps, signed, new.mask, None, xs, ys, tickets=True
-            )[1]
-        jax.block_until_ready((untrained, extra))
+            extra["supermask_acc"] = self._accuracy(signed, new.mask, None)
         state, hist = self.fit(
-            self.steps, new.params, new.mask, frozen, iterations=iterations,
+            self.steps, new.params, new.mask, frozen, iterations=self.iterations,
             data_key=jax.random.fold_in(self.key, 1),
-            desc=f"level {level}/{levels} ({self.table.n} tickets)",
+            desc=f"level {level}/{self.levels} ({self.table.n} tickets)",
         )  # fmt: skip
         train_.checkpoint.save(self.state_dir / name, {"mask": new.mask, "final": state.params})
         dens = prunable_density(new.mask)
-        host = {k: np.asarray(v) for k, v in {"untrained_acc": untrained, **extra}.items()}
         rows = [
             {
                 **self.base[i], "level": level, "density": float(dens[i]),
-                **history_columns(hist, i, offset),
-                **{k: float(v[i]) for k, v in host.items()}, "iterations": iterations,
+                **history_columns(hist, i, self.offset),
+                **{k: float(v[i]) for k, v in extra.items()}, "iterations": self.iterations,
             }
             for i in range(self.table.n)
         ]  # fmt: skip
         self.store.write(name, rows)
         self.done.add(name)
         return new.mask, state.params
+
+    def _accuracy(self, params: Params, mask: PyTree, frozen: PyTree | None) -> np.ndarray:
+        """Test accuracy of each (untrained) ticket, on the host."""
+        xs, ys = self.ds.test
+        return np.asarray(
+            train_.evaluate(self.steps, params, mask, frozen, xs, ys, tickets=True)[1]
+        )

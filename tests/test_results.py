@@ -282,18 +282,20 @@ def test_sigkill_leaves_whole_units_and_the_sweep_resumes_exactly(tmp_path):
         # Check the raw files before a Store touches them: whole units, every line valid JSON.
         files = sorted(p for p in (run / "rows").iterdir() if not p.name.startswith("."))
         for f in files:
-            lines = f.read_text().splitlines()
-            assert len(lines) == n_rows, f"round {round_}: {f.name} has {len(lines)} lines"
+            record, *lines = f.read_text().splitlines()
+            assert len(lines) == n_rows, f"round {round_}: {f.name} has {len(lines)} rows"
             unit = f.name.split("-", 1)[1].removesuffix(".jsonl")
+            assert json.loads(record)["__commit__"]["rows"] == n_rows
             assert [json.loads(line) for line in lines] == expected_rows(unit, n_rows)
-        store = results.Store(run, {"study": "kill"})
-        assert temp_files(run) == []
-        done = store.done()
+        with results.Store(run, {"study": "kill"}) as store:  # released for the next writer
+            assert temp_files(run) == []
+            done = store.done()
         assert done == [f"u{u:04d}" for u in range(len(done))]  # a gap-free prefix, in order
         assert len(done) == len(files)
     assert kills >= 1, "the writer always finished before the kill; nothing was tested"
     assert 0 < len(done) < n_units
     # Resume in this process: exactly one copy of every unit, none lost.
+    store = results.Store(run, {"study": "kill"})
     for u in range(n_units):
         unit = f"u{u:04d}"
         if not store.has(unit):
@@ -302,14 +304,83 @@ def test_sigkill_leaves_whole_units_and_the_sweep_resumes_exactly(tmp_path):
     assert store.rows() == [r for u in range(n_units) for r in expected_rows(f"u{u:04d}", n_rows)]
 
 
-def test_concurrent_writers_never_duplicate_a_unit(tmp_path):
+def test_a_second_process_stops_at_once_naming_the_first(tmp_path):
     run = tmp_path / "run"
-    results.Store(run, {"study": "kill"})
-    procs = [spawn(run, 60, 20) for _ in range(2)]
-    assert [p.wait(timeout=30) for p in procs] == [0, 0]
+    with results.Store(run, {"study": "kill"}) as store:
+        store.write("u0000", expected_rows("u0000", 2))
+        proc = subprocess.run(
+            [sys.executable, "-c", WRITER, str(RESULTS_PY), str(run), "60", "20"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 1
+        assert f"run folder {run} is in use by another process (pid {os.getpid()} on" in proc.stderr
+        assert store.done() == ["u0000"]  # the second process wrote nothing
+    # Released: the next process runs (and resumes: u0000 is not written again).
+    assert spawn(run, 60, 20).wait(timeout=60) == 0
     store = results.Store(run, {"study": "kill"})
-    assert sorted(store.done()) == [f"u{u:04d}" for u in range(60)]
-    assert len(store.rows()) == 60 * 20
+    assert store.done() == [f"u{u:04d}" for u in range(60)]
+    assert store.rows()[:2] == expected_rows("u0000", 2) and len(store.rows()) == 2 + 59 * 20
+
+
+def _damage(file: Path, how: str) -> None:
+    if how == "empty":
+        file.write_bytes(b"")
+    elif how == "last line dropped":
+        file.write_text("".join(file.read_text().splitlines(keepends=True)[:-1]))
+    elif how == "garbage bytes":
+        file.write_bytes(file.read_bytes()[:40] + b"\xff\xfe\x00garbage")
+    else:  # a value edited by hand
+        file.write_text(file.read_text().replace('"acc":0.5', '"acc":0.9'))
+
+
+@pytest.mark.parametrize("how", ["empty", "last line dropped", "garbage bytes", "edited"])
+def test_a_damaged_unit_is_found_moved_aside_and_recomputed(tmp_path, how):
+    store = results.Store(tmp_path, CONFIG)
+    for unit in ("seed0", "seed1"):
+        store.write(unit, [{"seed": unit, "acc": 0.5}, {"seed": unit, "acc": 0.25}])
+    store.close()
+    bad = row_files(store)[0]
+    _damage(bad, how)
+    with pytest.raises(ValueError, match=rf"damaged units in a run opened read-only: .*{bad.name}"):
+        results.Store(tmp_path, CONFIG, readonly=True)
+    with pytest.warns(results.DamagedUnitWarning, match=rf"damaged unit: .*{bad.name}.*moved to"):
+        again = results.Store(tmp_path, CONFIG)
+    assert again.done() == ["seed1"]  # seed0 is to be recomputed
+    (kept,) = (tmp_path / "damaged").iterdir()  # nothing already written is lost
+    assert kept.name.endswith(bad.name)
+    again.write("seed0", [{"seed": "seed0", "acc": 0.5}, {"seed": "seed0", "acc": 0.25}])
+    assert sorted(r["seed"] for r in again.rows()) == ["seed0", "seed0", "seed1", "seed1"]
+
+
+def test_a_finished_run_is_read_without_writing_anything(tmp_path):
+    store = results.Store(tmp_path / "run", CONFIG)
+    store.write("seed0", unit_rows("seed0"))
+    store.close()
+    (tmp_path / "run" / ".lock").unlink()
+
+    def snapshot() -> dict:
+        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in (tmp_path / "run").rglob("*")}
+
+    before = snapshot()
+    assert results.Store(tmp_path / "run", CONFIG, readonly=True).rows() == unit_rows("seed0")
+    assert snapshot() == before  # no lock file, no temp clean-up, no config write: a read-only
+    # folder (a finished run on a shared disk) can be re-reported.
+    with pytest.raises(ValueError, match="is read-only"):
+        results.Store(tmp_path / "run", CONFIG, readonly=True).write("seed1", [])
+
+
+def test_an_unwritable_folder_is_named():
+    with pytest.raises(OSError, match=r"cannot write the run folder /proc/jaxprune-run: .*--out"):
+        results.Store("/proc/jaxprune-run", CONFIG)
+
+
+def test_a_damaged_config_is_named(tmp_path):
+    results.Store(tmp_path, CONFIG).close()
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(ValueError, match=r"config.json is damaged"):
+        results.Store(tmp_path, CONFIG)
+    with pytest.raises(ValueError, match="holds no run"):
+        results.Store(tmp_path / "elsewhere", CONFIG, readonly=True)
 
 
 # --- summaries, tables, CSV -----------------------------------------------------------------------

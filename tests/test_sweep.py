@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import jax
 import optax
@@ -111,3 +112,44 @@ def test_bad_input_is_a_value_error_naming_the_argument(tmp_path, setup):
 
 def _config(folder):
     return json.loads((folder / "config.json").read_text())
+
+
+def _rows_by_key(rows):
+    return {(r["level"], r["ticket"]): r for r in rows}
+
+
+def test_damage_is_repaired_by_recomputing_and_a_finished_run_restores_nothing(
+    tmp_path, setup, monkeypatch
+):
+    table = tickets.grid(2, ("large_final", "random"), key=jax.random.key(4))
+    first = _run(tmp_path / "run", setup, table)
+    fits, restored = [], []
+    monkeypatch.setattr(sweep.train_, "fit", _counting(train.fit, fits))
+    monkeypatch.setattr(
+        sweep.train_.checkpoint, "restore", _counting(train.checkpoint.restore, restored)
+    )
+    # Finished: nothing is computed or restored, even with a checkpoint gone.
+    shutil.rmtree(tmp_path / "run" / "state" / "level_001")
+    assert _rows_by_key(_run(tmp_path / "run", setup, table).rows) == _rows_by_key(first.rows)
+    assert (fits, restored) == ([], [])
+    # Level 1's rows damaged (truncated to nothing): moved aside and recomputed from level 0 —
+    # the same numbers, as the program, inputs and data order are the same.
+    (unit,) = (tmp_path / "run" / "rows").glob("*-level_001.jsonl")
+    unit.write_bytes(b"")
+    with pytest.warns(
+        results.DamagedUnitWarning, match=r"damaged unit: .*level_001.jsonl is empty"
+    ):
+        again = _run(tmp_path / "run", setup, table)
+    assert len(fits) == 1 and _rows_by_key(again.rows) == _rows_by_key(first.rows)
+    # Level 2 lost and level 1's checkpoint unreadable: level 1 is un-committed and recomputed,
+    # then level 2.
+    (unit,) = (tmp_path / "run" / "rows").glob("*-level_002.jsonl")
+    unit.unlink()
+    shutil.rmtree(tmp_path / "run" / "state" / "level_001")
+    fits.clear()
+    with pytest.warns(
+        results.DamagedUnitWarning, match=r"unit 'level_001'.*checkpoint .*unreadable"
+    ):
+        third = _run(tmp_path / "run", setup, table)
+    assert len(fits) == 2 and _rows_by_key(third.rows) == _rows_by_key(first.rows)
+    assert len(list((tmp_path / "run" / "damaged").iterdir())) == 2  # nothing was deleted
