@@ -97,6 +97,7 @@ def check_in_range(
     Traced values are not checked (see module docstring).
     """
     closing = "]" if high_inclusive else ")"
+    check_real(value, name=name)
     for path, leaf in leaves_with_paths(value):
         if is_traced(leaf):
             continue
@@ -124,6 +125,46 @@ def check_no_nan(tree: PyTree, *, name: str) -> None:
             )
 
 
+def check_real(value: Any, *, name: str) -> None:
+    """Raise unless every leaf of ``value`` is a real number or an int/float array (static check).
+
+    A string such as ``"0.2"`` or a bool would otherwise be converted silently, or fail deep
+    inside JAX with a ``TypeError``.
+    """
+    for path, leaf in leaves_with_paths(value):
+        dtype = None if isinstance(leaf, str | bytes) else getattr(leaf, "dtype", None)
+        if dtype is None and isinstance(leaf, int | float) and not isinstance(leaf, bool):
+            continue
+        if dtype is None or not (
+            jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+        ):
+            raise ValueError(
+                f"{name}{path} must be a real number (an int or float, or an array of them), "
+                f"got {_describe(leaf)}."
+            )
+
+
+def check_finite(tree: PyTree, *, name: str) -> None:
+    """Raise if a concrete float leaf of ``tree`` holds NaN or ±inf; names the first such path.
+
+    Read on the host (no copy on a CPU; one on an accelerator): a device reduction would compile
+    a program per leaf shape, costlier than the check. Traced leaves are not checked (see module
+    docstring).
+    """
+    found = []
+    for path, leaf in leaves_with_paths(tree):
+        if not is_traced(leaf) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            found.append((path, leaf))
+    for (path, _), arr in zip(found, jax.device_get([leaf for _, leaf in found]), strict=True):
+        arr = np.asarray(arr)
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"{name}{path} holds {int(np.isnan(arr).sum())} NaN and {int(np.isinf(arr).sum())} "
+                f"infinite value(s) of {arr.size}; weights must be finite (did a training run "
+                "diverge?)."
+            )
+
+
 def check_choice(value: str, choices: Iterable[str] | Mapping[str, Any], *, name: str) -> None:
     """Raise if ``value`` is not one of ``choices``; the message lists them all."""
     options = sorted(choices)
@@ -137,22 +178,38 @@ def require(value: Any, *, name: str, why: str) -> None:
         raise ValueError(f"{name} is required {why}, got None.")
 
 
+def _check_typed_key(key: Any, *, name: str) -> None:
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        raise ValueError(
+            f"{name} must be a typed PRNG key from jax.random.key(seed), got "
+            f"{getattr(dtype, 'name', type(key).__name__)}{list(np.shape(key))}; wrap raw uint32 "
+            f"key data with jax.random.wrap_key_data({name})."
+        )
+
+
 def check_key(key: Any) -> None:
     """Raise unless ``key`` is ``None`` or one typed PRNG key (``jax.random.key``), shape ``[]``."""
     if key is None:
         return
-    dtype = getattr(key, "dtype", None)
-    if dtype is None or not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        raise ValueError(
-            f"key must be a typed PRNG key from jax.random.key(seed), got "
-            f"{getattr(dtype, 'name', type(key).__name__)}{list(np.shape(key))}; wrap raw uint32 "
-            "key data with jax.random.wrap_key_data(key)."
-        )
+    _check_typed_key(key, name="key")
     if np.shape(key) != ():
         raise ValueError(
             f"key must be a single key (shape []), got shape {list(np.shape(key))}; for many "
             "tickets, jax.vmap over the stacked keys."
         )
+
+
+def check_keys(keys: Any, *, name: str, count: int | None) -> None:
+    """Raise unless ``keys`` is one typed PRNG key (shape ``[]``) or, when ``count`` is given,
+    one per ticket (shape ``[count]``); ``None`` is refused."""
+    _check_typed_key(keys, name=name)
+    shape = np.shape(keys)
+    if shape != () and (count is None or shape != (count,)):
+        allowed = (
+            "[]" if count is None else f"[] (one for every ticket) or [{count}] (one per ticket)"
+        )
+        raise ValueError(f"{name} must have shape {allowed}, got {list(shape)}.")
 
 
 # --- the model contract (apply_fn, params, batch) of the model-aware functions: hessian, saliency
@@ -166,15 +223,15 @@ def check_apply_fn(apply_fn: Any) -> None:
         )
 
 
-def check_params(params: Params) -> None:
+def check_params(params: Params, *, name: str = "params") -> None:
     leaves = leaves_with_paths(params)
     if not leaves:
-        raise ValueError("params has no leaves; pass the model's params pytree.")
+        raise ValueError(f"{name} has no leaves; pass the model's params pytree.")
     for path, leaf in leaves:
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(
-                f"params{path} must be a float array, got "
+                f"{name}{path} must be a float array, got "
                 f"{getattr(dtype, 'name', type(leaf).__name__)}{list(np.shape(leaf))}."
             )
 
@@ -211,6 +268,9 @@ def check_positive_int(value: Any, *, name: str) -> None:
         raise ValueError(f"{name} must be a positive int (static), got {value!r}.")
 
 
+def check_nonnegative_int(value: Any, *, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int (static), got {value!r}.")
 
 
 def as_float32(tree: PyTree) -> PyTree:
@@ -228,7 +288,9 @@ def model_logits(apply_fn: Callable[..., Array], params: Params, x: Array) -> Ar
     return logits
 
 
-def prepare_model_inputs(apply_fn: Callable[..., Array], params: Params, batch: Any) -> tuple[Params, Array, Array]:
+def prepare_model_inputs(
+    apply_fn: Callable[..., Array], params: Params, batch: Any
+) -> tuple[Params, Array, Array]:
     check_apply_fn(apply_fn)
     check_params(params)
     x, y = check_batch(batch)

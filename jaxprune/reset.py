@@ -45,6 +45,11 @@ random control ranks the pruned positions by ``jax.random.uniform(leaf_key, (siz
 masks are arrays and names are static, so every function here runs under ``jit`` and
 ``jit(vmap(...))`` over a leading ticket axis, and a new key or mask never recompiles.
 
+Weights must be finite: a concrete ``w_init`` or ``w_final`` holding NaN or ±inf is refused with
+a ``ValueError`` naming the leaf. Under ``jit`` the values are tracers and are not checked (that
+would need a host sync): a non-finite weight then passes through, and a non-finite leaf can make
+its whole reset non-finite (its std enters the constant resets).
+
 Example — an untrained supermask with signed-constant weights:
   >>> import jax, jax.numpy as jnp
   >>> from jaxprune import reset
@@ -278,6 +283,11 @@ def _check_inputs(w_init: Params, mask: Mask, w_final: Params | None, key: Key |
     if w_final is not None:
         _checks.check_like(w_final, w_init, name="w_final", ref_name="w_init")
     _checks.check_key(key)
+    # NaN or inf weights would pass through every reset (a NaN std makes a whole constant layer
+    # NaN); concrete ones are refused here, traced ones pass unchecked (module docstring).
+    _checks.check_finite(w_init, name="w_init")
+    if w_final is not None:
+        _checks.check_finite(w_final, name="w_final")
 
 
 def _require(need: frozenset[str], key: Key | None, w_final: Params | None, *, by: str) -> None:
@@ -482,7 +492,9 @@ def reset(
     need = needs(kept, pruned)
     _check_inputs(w_init, mask, w_final, key)
     _require(need, key, w_final, by=f"kept={kept!r}, pruned={pruned!r}")
-    start = reset_kept(kept, w_init, mask, key=_leaf_key(key, 0), prunable=prunable, w_final=w_final)
+    start = reset_kept(
+        kept, w_init, mask, key=_leaf_key(key, 0), prunable=prunable, w_final=w_final
+    )
     frozen = pruned_values(pruned, w_init, mask, w_final=w_final, key=_leaf_key(key, 1))
     return start_params(start, frozen, mask, pruned=pruned, w_init=w_init, w_final=w_final,
                         prunable=prunable), frozen  # fmt: skip

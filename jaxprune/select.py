@@ -71,7 +71,9 @@ def keep_count(remaining: ArrayLike, rate: ArrayLike, min_keep: int = 0) -> Arra
     """How many of ``remaining`` weights a round at ``rate`` keeps (formula in the module docs).
 
     Exact for every ``remaining < 2^31``, with a decimal rate read as the decimal it was written
-    as; a ``rate`` outside [0, 1] (only possible when traced) is clipped into it.
+    as. A concrete ``rate`` outside [0, 1] (or NaN, or not a number) and a ``min_keep`` that is
+    not a non-negative int raise a ``ValueError``; a traced ``rate`` cannot be checked under
+    ``jit`` and is clipped into [0, 1] instead (NaN counts as 0).
 
     Example:
       >>> from jaxprune import select
@@ -79,7 +81,18 @@ def keep_count(remaining: ArrayLike, rate: ArrayLike, min_keep: int = 0) -> Arra
       (80, 2)
       >>> int(select.keep_count(90, 0.65))  # 0.65 · 90 = 58.5 rounds up to 59 pruned
       31
+      >>> select.keep_count(10, -0.1)
+      Traceback (most recent call last):
+      ...
+      ValueError: rate must be in [0.0, 1.0], got [-0.1].
     """
+    _checks.check_in_range(rate, name="rate", high_inclusive=True)
+    _checks.check_nonnegative_int(min_keep, name="min_keep")
+    return _keep_count(remaining, rate, min_keep)
+
+
+def _keep_count(remaining: ArrayLike, rate: ArrayLike, min_keep: int = 0) -> Array:
+    """:func:`keep_count` without the boundary checks (for callers that made them)."""
     r = jnp.asarray(remaining, jnp.int32)
     p = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
     significand, shift = _float32_parts(p)
@@ -201,6 +214,9 @@ def keep_top_k(
     Returns:
       A 1-D bool array with ``min(k, eligible.sum())`` True entries, all of them eligible.
 
+    Raises:
+      ValueError: if ``key`` is neither ``None`` nor one typed key (``jax.random.key``).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxprune import select
@@ -209,6 +225,7 @@ def keep_top_k(
       >>> select.keep_top_k(jnp.array([1.0, 3.0, 3.0, 2.0]), jnp.ones(4, bool), 1)  # a tie: index
       Array([False,  True, False, False], dtype=bool)
     """
+    _checks.check_key(key)
     s = jnp.asarray(scores)
     cand = jnp.asarray(eligible, bool)
     need = jnp.asarray(k, jnp.int32)
@@ -291,7 +308,11 @@ def _is_scalar_rate(rate: Any) -> bool:
     return not isinstance(rate, dict | list | tuple) and len(jax.tree.leaves(rate)) == 1
 
 
-def _check_inputs(scores: Scores, mask: Mask, rate: Any, *, per_leaf_rate_ok: bool) -> None:
+def _check_inputs(
+    scores: Scores, mask: Mask, rate: Any, *, per_leaf_rate_ok: bool, min_keep: Any, key: Any
+) -> None:
+    _checks.check_key(key)
+    _checks.check_nonnegative_int(min_keep, name="min_keep")
     _checks.check_like(scores, mask, name="scores", ref_name="mask")
     _checks.check_mask(mask, mask)
     _checks.check_no_nan(scores, name="scores")
@@ -338,7 +359,7 @@ def layerwise(
     Returns:
       The new mask; each prunable leaf keeps exactly :func:`keep_count` of its remaining weights.
     """
-    _check_inputs(scores, mask, rate, per_leaf_rate_ok=True)
+    _check_inputs(scores, mask, rate, per_leaf_rate_ok=True, min_keep=min_keep, key=key)
     flags = jax.tree.leaves(masks.is_prunable(mask, prunable))
     m_leaves, treedef = jax.tree.flatten(mask)
     s_leaves = jax.tree.leaves(scores)
@@ -353,7 +374,7 @@ def layerwise(
         if not flag:
             out.append(m)
             continue
-        n_keep = keep_count(jnp.sum(m, dtype=jnp.int32), r, min_keep)
+        n_keep = _keep_count(jnp.sum(m, dtype=jnp.int32), r, min_keep)
         kept = keep_top_k(jnp.ravel(s), jnp.ravel(m), n_keep, key=k)
         out.append(kept.reshape(m.shape))
     return jax.tree.unflatten(treedef, out)
@@ -377,7 +398,7 @@ def global_(
 
     Args and returns as :func:`layerwise`, except ``rate`` is one scalar.
     """
-    _check_inputs(scores, mask, rate, per_leaf_rate_ok=False)
+    _check_inputs(scores, mask, rate, per_leaf_rate_ok=False, min_keep=min_keep, key=key)
     flags = jax.tree.leaves(masks.is_prunable(mask, prunable))
     m_leaves, treedef = jax.tree.flatten(mask)
     s_leaves = jax.tree.leaves(scores)
@@ -395,7 +416,7 @@ def global_(
     else:
         res_all = None
     m_all = jnp.concatenate(m_flat)
-    n_keep = keep_count(jnp.sum(m_all, dtype=jnp.int32), rate)
+    n_keep = _keep_count(jnp.sum(m_all, dtype=jnp.int32), rate)
     if res_all is not None:
         n_keep = jnp.maximum(n_keep, jnp.sum(res_all, dtype=jnp.int32))
     kept = keep_top_k(jnp.concatenate(s_flat), m_all, n_keep, key=key, reserved=res_all)
@@ -485,7 +506,9 @@ def groups(
       Array([[False,  True, False,  True],
              [False,  True, False,  True]], dtype=bool)
     """
-    _check_inputs(scores, mask, rate, per_leaf_rate_ok=(scope == "layerwise"))
+    _check_inputs(
+        scores, mask, rate, per_leaf_rate_ok=(scope == "layerwise"), min_keep=min_keep, key=key
+    )
     flags = masks.is_prunable(mask, prunable)
     g_scores = group_scores(scores, norm=norm, axis=axis)
 

@@ -99,7 +99,7 @@ def test_val_size_is_honoured_and_checked() -> None:
     assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (1000, 397, 400)
     for bad in (0, 1397, -3, 2.5):
         with pytest.raises(
-            ValueError, match=r"val_size must be an int in \[1, 1396\] for 'digits'"
+            ValueError, match=r"val_size \(--val-size\) must be an int in \[1, 1396\] for 'digits'"
         ):
             data.load("digits", val_size=bad)  # type: ignore[arg-type]
 
@@ -208,7 +208,9 @@ def test_tfds_sets_under_mock_data(name: str) -> None:
 def test_mock_default_validation_size_is_checked() -> None:
     with (
         tfds.testing.mock_data(num_examples=24),
-        pytest.raises(ValueError, match=r"val_size must be an int in \[1, 23\] for 'mnist'"),
+        pytest.raises(
+            ValueError, match=r"val_size \(--val-size\) must be an int in \[1, 23\] for 'mnist'"
+        ),
     ):
         data.load("mnist")  # the default 5,000 does not fit in 24 mocked examples
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import re
 from typing import Any
 
 import helpers
@@ -562,3 +563,63 @@ def test_bad_trees_and_keys_name_the_path() -> None:
         ValueError, match=r"key must be a single key \(shape \[\]\), got shape \[3\]"
     ):
         reset.reset(w, m, kept="reinit", key=jax.random.split(key, 3))
+
+
+def _with(tree: dict, layer: str, leaf: str, index: tuple[int, ...], value: float) -> dict:
+    """A copy of ``tree`` with one entry set to ``value``."""
+    out = jax.tree.map(np.array, tree)
+    out[layer][leaf][index] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda w, m, key: reset.reset(w, m, kept="signed_constant"),
+        lambda w, m, key: reset.reset_kept("reinit", w, m, key=key),
+        lambda w, m, key: reset.pruned_values("freeze_init", w, m),
+    ],
+    ids=["reset", "reset_kept", "pruned_values"],
+)
+def test_non_finite_w_init_is_refused_naming_the_leaf(call) -> None:
+    w, m, _, key = ticket(0)
+    nan = _with(w, "fc1", "kernel", (2, 3), np.nan)
+    with pytest.raises(
+        ValueError,
+        match=re.escape("w_init['fc1']['kernel'] holds 1 NaN and 0 infinite value(s) of 30"),
+    ):
+        call(nan, m, key)
+    inf = jax.tree.map(jnp.asarray, _with(w, "out", "kernel", (0, 1), -np.inf))  # on the device
+    with pytest.raises(
+        ValueError, match=re.escape("w_init['out']['kernel'] holds 0 NaN and 1 infinite")
+    ):
+        call(inf, m, key)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda w, m, wf: reset.reset(w, m, kept="fine_tune", w_final=wf),
+        lambda w, m, wf: reset.reset_kept("fine_tune", w, m, w_final=wf),
+        lambda w, m, wf: reset.pruned_values("freeze_init_zero_mask", w, m, w_final=wf),
+    ],
+    ids=["reset", "reset_kept", "pruned_values"],
+)
+def test_non_finite_w_final_is_refused_naming_the_leaf(call) -> None:
+    w, m, wf, _ = ticket(0)
+    with pytest.raises(
+        ValueError,
+        match=re.escape("w_final['out']['bias'] holds 0 NaN and 1 infinite value(s) of 3"),
+    ):
+        call(w, m, _with(wf, "out", "bias", (1,), np.inf))
+
+
+def test_traced_non_finite_weights_pass_unchecked() -> None:
+    # The documented fallback: under jit the values are tracers, so a NaN passes through — here
+    # into every kept weight of its leaf, through the leaf's std — and other leaves are unharmed.
+    w, m, _, _ = ticket(0)
+    nan = _with(w, "fc1", "kernel", (2, 3), np.nan)
+    out = jax.jit(lambda ww, mm: reset.reset_kept("signed_constant", ww, mm))(nan, m)
+    kept = np.asarray(m["fc1"]["kernel"])
+    assert np.isnan(np.asarray(out["fc1"]["kernel"])[kept]).all()
+    assert np.isfinite(np.asarray(out["out"]["kernel"])).all()

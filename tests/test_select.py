@@ -809,6 +809,94 @@ def test_input_errors_name_the_path(call):
         call(scores, floaty)
 
 
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan"), np.float32(-1e-7)])
+def test_keep_count_refuses_a_concrete_rate_outside_0_1(rate):
+    with pytest.raises(ValueError, match=r"^rate must be in \[0.0, 1.0\], got \["):
+        select.keep_count(10, rate)
+    with pytest.raises(ValueError, match=r"^rate must be in \[0.0, 1.0\], got \["):
+        select.keep_count(10, jnp.float32(rate))  # a concrete jax array is a value too
+
+
+def test_keep_count_clips_a_traced_rate():
+    # The documented fallback: a traced rate cannot be checked, so it is clipped into [0, 1].
+    count = jax.jit(select.keep_count)
+    assert int(count(10, -0.1)) == 10
+    assert int(count(10, 1.5)) == 0
+    assert int(select.keep_count(10, 1.0)) == 0  # 1 is in range for keep_count itself
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"rate": "0.2"},
+            "rate must be a real number (an int or float, or an array of them), got str '0.2'",
+        ),
+        (
+            {"rate": True},
+            "rate must be a real number (an int or float, or an array of them), got bool",
+        ),
+        ({"min_keep": -1}, "min_keep must be a non-negative int (static), got -1"),
+        ({"min_keep": 1.5}, "min_keep must be a non-negative int (static), got 1.5"),
+        ({"min_keep": jnp.int32(2)}, "min_keep must be a non-negative int (static), got Array(2"),
+    ],
+)
+def test_keep_count_refuses_a_string_rate_and_a_bad_min_keep(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        select.keep_count(10, **{"rate": 0.2, **kwargs})
+
+
+SELECT_WITH_KEY = {
+    "layerwise": lambda s, m, **kw: select.layerwise(s, m, 0.2, **kw),
+    "global_": lambda s, m, **kw: select.global_(s, m, 0.2, **kw),
+    "groups": lambda s, m, **kw: select.groups(s, m, 0.2, **kw),
+    "prune": lambda s, m, **kw: select.prune(s, m, 0.2, scope="global", **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(SELECT_WITH_KEY))
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"key": jax.random.PRNGKey(0)},
+            "key must be a typed PRNG key from jax.random.key(seed), got uint32[2]",
+        ),
+        ({"key": 3}, "key must be a typed PRNG key from jax.random.key(seed), got int[]"),
+        (
+            {"key": jax.random.split(jax.random.key(0), 2)},
+            "key must be a single key (shape []), got shape [2]",
+        ),
+        ({"min_keep": -1}, "min_keep must be a non-negative int (static), got -1"),
+        ({"min_keep": 2.0}, "min_keep must be a non-negative int (static), got 2.0"),
+    ],
+    ids=["raw_key", "int_key", "stacked_keys", "negative_min_keep", "float_min_keep"],
+)
+def test_selectors_check_key_and_min_keep(name, kwargs, message):
+    scores, mask = draw(0)
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        SELECT_WITH_KEY[name](scores, mask, **kwargs)
+
+
+def test_keep_top_k_checks_its_key():
+    s, e = jnp.array([1.0, 3.0, 2.0]), jnp.ones(3, bool)
+    with pytest.raises(ValueError, match=re.escape("key must be a typed PRNG key")):
+        select.keep_top_k(s, e, 2, key=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("name", list(ALL_RATED))
+def test_string_rate_is_a_value_error_naming_rate(name):
+    scores, mask = draw(0)
+    with pytest.raises(
+        ValueError, match=re.escape("rate must be a real number") + ".*got str '0.2'"
+    ):
+        ALL_RATED[name](scores, mask, "0.2")
+    rates = jax.tree.map(lambda _: 0.2, mask)
+    rates["out"]["kernel"] = "0.2"
+    with pytest.raises(ValueError, match=re.escape("rate['out']['kernel'] must be a real number")):
+        select.layerwise(scores, mask, rates)
+
+
 def test_traced_nan_scores_rank_lowest():
     # Under jit a NaN cannot be rejected; it ranks below everything, -inf included (criteria use
     # -inf for "lowest", and a diverged weight must not outrank those).

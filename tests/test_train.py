@@ -3,6 +3,10 @@ batch norm (running statistics in TrainState.model_state) against numpy and per-
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +15,8 @@ import pytest
 from flax import nnx
 from helpers import TraceCounter
 
-from jaxprune import data, masks, models, train
+from jaxprune import data, masks, models, supermask, train
+from jaxprune.train import loop
 
 N_IN, N_HID, N_OUT = 6, 8, 3
 
@@ -395,6 +400,244 @@ def test_bad_inputs_are_rejected_with_the_argument_named():
         steps.init(states[0].params, key=jax.random.key(0))
     with pytest.raises(ValueError, match="multiple of 8"):
         train.shard_tickets(train.stack([mask_list[0]] * 3), train.ticket_mesh())
+
+
+def _spy_on_programs(monkeypatch) -> list[str]:
+    """Record every training chunk and evaluation that fit runs (they still run)."""
+    calls: list[str] = []
+    for name in ("train_chunk", "evaluate"):
+        real = getattr(loop, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(loop, name, spy)
+    return calls
+
+
+def _bad_fit_cases():
+    """``(id, fit arguments changed, exact message fragment)``: each refused before training."""
+    x, y = toy_data()
+    xv, yv = toy_data(40, seed=5)
+    p = init_mlp(0)
+    nan = jax.tree.map(np.array, p)
+    nan["out"]["kernel"][1, 2] = np.nan
+    steps = train.make_steps(apply_mlp, optax.adam(1e-2))
+    stacked = train.stack([steps.init(init_mlp(i)) for i in range(2)])
+    unstacked_step = steps.init(p)._replace(step=jnp.zeros(2, jnp.int32))  # params of one ticket
+    return [
+        ("train_lengths", {"train": (x, y[:50])},
+         "train[1] (y) must have shape [96] (one label per example of x), got [50]"),
+        ("val_lengths", {"val": (xv[:30], yv)},
+         "val[1] (y) must have shape [30] (one label per example of x), got [40]"),
+        ("test_lengths", {"test": (xv, yv[:-1])},
+         "test[1] (y) must have shape [40] (one label per example of x), got [39]"),
+        ("labels_beyond_logits", {"val": (xv, np.where(yv == 0, N_OUT, yv))},
+         f"val[1] (y) must hold class labels in [0, {N_OUT}) (the width of the model's logits), "
+         f"got labels from 1 to {N_OUT}"),
+        ("negative_labels", {"test": (xv, yv - 1)},
+         f"test[1] (y) must hold class labels in [0, {N_OUT}) (the width of the model's logits), "
+         "got labels from -1 to"),
+        ("empty_val", {"val": (xv[:0], yv[:0])},
+         "val[0] (x) must have a non-empty leading batch axis, got shape [0, 6]"),
+        ("nan_weights", {"state": steps.init(nan)},
+         "the weights hold NaN or inf at the start (iteration 0): state.params['out']['kernel']."),
+        ("nan_frozen", {"frozen": nan},
+         "the weights hold NaN or inf at the start (iteration 0): frozen['out']['kernel']."),
+        ("tickets_true_unstacked", {"tickets": True},
+         "tickets=True needs a state stacked over tickets (train.stack or jax.vmap(steps.init)), "
+         "whose state.step has shape [tickets], but it has shape []"),
+        ("tickets_false_stacked",
+         {"state": stacked, "mask": train.stack([masks.ones(init_mlp(i)) for i in range(2)])},
+         "tickets=False, but the state is stacked over tickets: state.step has shape [2]"),
+        ("tickets_true_leaf_unstacked", {"state": unstacked_step, "tickets": True},
+         "tickets=True: every leaf needs the leading ticket axis of the 2 tickets of state.step, "
+         "but state.params['fc']['bias'] has shape [8]"),
+        ("raw_key", {"data_key": jax.random.PRNGKey(0)},
+         "data_key must be a typed PRNG key from jax.random.key(seed), got uint32[2]; wrap raw "
+         "uint32 key data with jax.random.wrap_key_data(data_key)."),
+        ("keys_without_tickets", {"data_key": jax.random.split(jax.random.key(0), 2)},
+         "data_key must have shape [], got [2]"),
+        ("int_params", {"state": steps.init(jax.tree.map(lambda a: a.astype(jnp.int32), p))},
+         "state.params['fc']['bias'] must be a float array, got int32[8]"),
+        ("float_iterations", {"iterations": 10.0}, "iterations must be a positive int (static), got 10.0"),
+        ("float_eval_every", {"eval_every": 5.0}, "eval_every must be a positive int (static), got 5.0"),
+        ("float_batch_size", {"batch_size": 8.0}, "batch_size must be a positive int (static), got 8.0"),
+        ("ticket_batch_size", {"ticket_batch_size": 0},
+         "ticket_batch_size must be a positive int (static), got 0"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("changed", "message"), [c[1:] for c in _bad_fit_cases()],
+                         ids=[c[0] for c in _bad_fit_cases()])  # fmt: skip
+def test_fit_refuses_bad_input_before_computing_anything(monkeypatch, changed, message):
+    x, y = toy_data()
+    xv, yv = toy_data(40, seed=5)
+    steps = train.make_steps(apply_mlp, optax.adam(1e-2))
+    p = init_mlp(0)
+    args = {
+        "state": steps.init(p), "mask": masks.ones(p), "train": (x, y), "val": (xv, yv),
+        "test": (xv, yv), "iterations": 10, "batch_size": 8, "eval_every": 5,
+        "data_key": jax.random.key(0), "progress": False, **changed,
+    }  # fmt: skip
+    calls = _spy_on_programs(monkeypatch)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.fit(steps, **args)
+    assert calls == []  # nothing trained, nothing evaluated
+
+
+def test_fit_names_the_tickets_with_non_finite_weights_or_the_wrong_key_count(monkeypatch):
+    steps = train.make_steps(apply_mlp, optax.adam(1e-2))
+    params = [init_mlp(i) for i in range(4)]
+    params[1]["out"]["kernel"] = params[1]["out"]["kernel"].at[0, 0].set(jnp.inf)
+    params[3]["fc"]["bias"] = params[3]["fc"]["bias"].at[0].set(jnp.nan)
+    state = train.stack([steps.init(q) for q in params])
+    mask = train.stack([masks.ones(q) for q in params])
+    calls = _spy_on_programs(monkeypatch)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "the weights hold NaN or inf at the start (iteration 0) in ticket(s) [1, 3] of 4: "
+            "state.params['fc']['bias'] and 1 more leaves."
+        ),
+    ):
+        _fit(steps, state, mask, data_key=jax.random.key(0), tickets=True)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "data_key must have shape [] (one for every ticket) or [4] (one per ticket), got [3]"
+        ),
+    ):
+        _fit(steps, state, mask, data_key=jax.random.split(jax.random.key(0), 3), tickets=True)
+    assert calls == []
+    # check_finite=False trains on regardless, and the History shows what that gives.
+    _, hist = _fit(steps, state, mask, data_key=jax.random.key(0), tickets=True, check_finite=False)
+    assert np.isnan(hist.train_loss[[1, 3]]).all() and np.isfinite(hist.train_loss[[0, 2]]).all()
+
+
+def test_labels_are_checked_against_the_logits_of_stateful_and_supermask_steps():
+    x, y = toy_data()
+    bad = (x, np.where(y == 0, 7, y))
+    apply_fn, params, model_state = bn_net(0)
+    bn_steps = train.make_steps(apply_fn, optax.sgd(0.1), stateful=True)
+    sm_steps = supermask.make_steps(apply_mlp, optax.sgd(0.1))
+    sm_state = sm_steps.init(supermask.logits_init(init_mlp(0)), key=jax.random.key(1))
+    message = (
+        f"train[1] (y) must hold class labels in [0, {N_OUT}) (the width of the model's logits)"
+    )
+    for steps, state, frozen in [
+        (bn_steps, bn_steps.init(params, model_state), None),
+        (bn_steps, train.stack([bn_steps.init(params, model_state)] * 2), None),  # tickets
+        (sm_steps, sm_state, init_mlp(0)),
+    ]:
+        tickets = np.ndim(state.step) == 1
+        mask = jax.vmap(masks.ones)(state.params) if tickets else masks.ones(state.params)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train.fit(
+                steps, state, mask, bad, (x, y), (x, y), iterations=4, batch_size=8,
+                eval_every=4, data_key=jax.random.key(0), frozen=frozen, tickets=tickets,
+                progress=False,
+            )  # fmt: skip
+
+
+def test_a_mean_loss_that_overflows_counts_as_diverged():
+    # Finite losses too large to sum: the chunk's mean (what the check reads) is inf, so the
+    # chunk is refused, from its last step (no single loss is non-finite).
+    losses = jnp.full(10, 3e38, jnp.float32)
+    with pytest.raises(ValueError, match=re.escape("NaN or inf, first at iteration 30:")):
+        loop._check_finite_losses(jnp.mean(losses), losses, 20, None)
+    loop._check_finite_losses(jnp.mean(losses / 10), losses / 10, 20, None)  # 3e37: finite
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoApplyFn:
+    """Steps that follow the protocol without exposing an ``apply_fn`` (a wrapper)."""
+
+    inner: train.MaskedSteps
+    stateful: bool = False
+
+    def init(self, params, model_state=None, *, key=None):
+        return self.inner.init(params, model_state, key=key)
+
+    def train_step(self, state, mask, batch, frozen=None):
+        return self.inner.train_step(state, mask, batch, frozen)
+
+    def eval_step(self, params, mask, batch, frozen=None, valid=None, *, model_state=None):
+        return self.inner.eval_step(params, mask, batch, frozen, valid, model_state=model_state)
+
+
+def test_steps_without_apply_fn_get_labels_checked_for_sign_only():
+    # The documented fallback: without an apply_fn the number of classes is unknown.
+    steps = _NoApplyFn(train.make_steps(apply_mlp, optax.sgd(0.1)))
+    x, y = toy_data()
+    p = init_mlp(0)
+    fit = functools.partial(
+        train.fit, steps, steps.init(p), masks.ones(p), iterations=4, batch_size=8,
+        eval_every=4, data_key=jax.random.key(0), progress=False,
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError, match=re.escape("val[1] (y) must hold class labels >= 0, got labels from -1 to")
+    ):
+        fit((x, y), (x, y - 1), (x, y))
+    _, hist = fit((x, y), (x, y + N_OUT), (x, y))  # beyond the logits: not caught
+    assert hist.val_acc[-1] == 0.0
+
+
+def _diverging_setup():
+    """A linear model on a squared loss with too large a step: it blows up within ~25 steps;
+    a ticket whose mask keeps nothing has logits 0 and loss 0 forever."""
+    steps = train.make_steps(
+        lambda p, xx: xx @ p["w"], optax.sgd(10.0), loss_fn=lambda z, _: jnp.mean(z**2)
+    )
+    params = {"w": jnp.full((N_IN, N_OUT), 0.1)}
+    return steps, params
+
+
+def test_a_diverging_run_stops_at_the_chunk_where_the_loss_goes_non_finite(monkeypatch):
+    steps, params = _diverging_setup()
+    x, y = toy_data()
+    # The first non-finite loss, from the same run as one chunk (losses per step, 0-based).
+    _, losses = train.train_chunk(
+        steps, steps.init(params), masks.ones(params), None, jnp.asarray(x), jnp.asarray(y),
+        jax.random.key(0), jnp.int32(0), length=60, batch_size=16,
+    )  # fmt: skip
+    first = int(np.flatnonzero(~np.isfinite(np.asarray(losses)))[0])
+    assert 10 < first < 50  # the setup does diverge, within the run
+    calls = _spy_on_programs(monkeypatch)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"the training loss is NaN or inf, first at iteration {first + 1}: training diverged"
+        ),
+    ):
+        train.fit(
+            steps, steps.init(params), masks.ones(params), (x, y), (x, y), (x, y), iterations=60,
+            batch_size=16, eval_every=10, data_key=jax.random.key(0), progress=False,
+        )  # fmt: skip
+    assert calls.count("train_chunk") == first // 10 + 1  # stopped after the chunk with it
+
+    # Three tickets, the middle one keeping nothing: the message names the two that diverge.
+    empty = jax.tree.map(jnp.zeros_like, masks.ones(params))
+    mask = train.stack([masks.ones(params), empty, masks.ones(params)])
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"the training loss is NaN or inf in ticket(s) [0, 2] of 3, first at iteration {first + 1}:"
+        ),
+    ):
+        train.fit(
+            steps, train.stack([steps.init(params)] * 3), mask, (x, y), (x, y), (x, y),
+            iterations=60, batch_size=16, eval_every=10, data_key=jax.random.key(0),
+            tickets=True, progress=False,
+        )  # fmt: skip
+    # check_finite=False trains on: the History records the NaN it gives.
+    _, hist = train.fit(
+        steps, steps.init(params), masks.ones(params), (x, y), (x, y), (x, y), iterations=60,
+        batch_size=16, eval_every=10, data_key=jax.random.key(0), progress=False,
+        check_finite=False,
+    )  # fmt: skip
+    assert not np.isfinite(hist.train_loss[-1])
 
 
 # ---- models with batch norm: running statistics in TrainState.model_state --------------------------

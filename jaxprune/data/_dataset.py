@@ -100,8 +100,8 @@ def make_dataset(
     n = len(y_pool)
     if not isinstance(val_size, int | np.integer) or not 0 < val_size < n:
         raise ValueError(
-            f"val_size must be an int in [1, {n - 1}] for {name!r} ({n} training examples to "
-            f"split), got {val_size!r}."
+            f"val_size (--val-size) must be an int in [1, {n - 1}] for {name!r} ({n} training "
+            f"examples to split), got {val_size!r}."
         )
     rng = np.random.default_rng(seed)
     val_idx = stratified_take(y_pool, int(val_size), rng)

@@ -16,6 +16,15 @@ ticket.
 Models with batch norm (steps from ``make_steps(..., stateful=True)``) carry their running
 statistics in ``TrainState.model_state``, per ticket like the params: the scan updates them,
 :func:`evaluate` takes them as ``model_state=``, and :func:`fit` passes ``state.model_state``.
+
+:func:`fit` checks its inputs before it computes anything (a ``ValueError`` naming the argument):
+the splits are non-empty ``(x, y)`` pairs of one label per example, with labels in
+``[0, classes)`` (the width of the model's logits, from one abstract evaluation, when the steps
+have an ``apply_fn``); the ``tickets`` flag matches the state (one ``state.step`` per ticket on a
+leading axis); the data key is typed; the params are floats; the counts are ints. With
+``check_finite=True`` (the default) it also refuses non-finite weights at the start and stops at
+the first chunk whose training loss is not finite (read from the chunk's mean loss, which the
+:class:`History` records anyway, where the loop waits for the chunk).
 """
 
 from __future__ import annotations
@@ -244,6 +253,142 @@ def evaluate(
     return fn(params, mask, frozen, model_state, x, y)
 
 
+def _ticket_count(state: TrainState, trees: dict[str, PyTree], tickets: bool) -> int | None:
+    """The number of tickets on the leading axis (``None`` when ``tickets=False``), or raise.
+
+    ``state.step`` is one step count per ticket: shape ``[]`` for one ticket (``steps.init``),
+    ``[n]`` for a stack (``train.stack``, ``jax.vmap(steps.init)``); every other leaf of a
+    stack has the same leading axis.
+    """
+    step_shape = tuple(np.shape(state.step))
+    if not tickets:
+        if step_shape:
+            raise ValueError(
+                f"tickets=False, but the state is stacked over tickets: state.step has shape "
+                f"{list(step_shape)} (one step count per ticket) where one ticket's has shape []; "
+                "pass tickets=True to train the stack, or one ticket's state (train.unstack)."
+            )
+        return None
+    if len(step_shape) != 1:
+        raise ValueError(
+            f"tickets=True needs a state stacked over tickets (train.stack or "
+            f"jax.vmap(steps.init)), whose state.step has shape [tickets], but it has shape "
+            f"{list(step_shape)}: one ticket's state. Pass tickets=False, or stack the tickets."
+        )
+    n = step_shape[0]
+    for name, tree in trees.items():
+        for path, leaf in _checks.leaves_with_paths(tree):
+            if np.shape(leaf)[:1] != (n,):
+                raise ValueError(
+                    f"tickets=True: every leaf needs the leading ticket axis of the {n} tickets "
+                    f"of state.step, but {name}{path} has shape {list(np.shape(leaf))}; stack "
+                    "every ticket's state, mask and frozen values with train.stack."
+                )
+    return n
+
+
+def _logits_width(steps: Steps, state: TrainState, x: Array, tickets: bool) -> int | None:
+    """The number of classes: the width of the logits of the steps' ``apply_fn`` on one example,
+    from an abstract evaluation (a trace on shapes, nothing computed); ``None`` for steps without
+    an ``apply_fn`` (the :class:`Steps` protocol does not require one)."""
+    apply_fn = getattr(steps, "apply_fn", None)
+    if not callable(apply_fn):
+        return None
+    params, model_state = state.params, state.model_state
+    if tickets:  # one ticket's shapes
+        params, model_state = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), (params, model_state)
+        )
+    one = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    if steps.stateful:
+        out = jax.eval_shape(
+            lambda p, s, xx: apply_fn(p, s, xx, train=False)[0], params, model_state, one
+        )
+    else:
+        out = jax.eval_shape(apply_fn, params, one)
+    shape = tuple(getattr(out, "shape", ()))
+    return shape[1] if len(shape) == 2 else None
+
+
+def _check_labels(splits: dict[str, tuple[Array, Array]], classes: int | None) -> None:
+    """Labels in ``[0, classes)``: an out-of-range label gives a NaN loss and 0 accuracy.
+
+    Read on the host (one int per example; no copy on a CPU): a device reduction would compile
+    a program per split size.
+    """
+    labels = jax.device_get([y for _, y in splits.values()])
+    for name, y in zip(splits, labels, strict=True):
+        low, high = np.min(y), np.max(y)
+        if low < 0 or (classes is not None and high >= classes):
+            expected = "class labels >= 0" if classes is None else f"class labels in [0, {classes})"
+            raise ValueError(
+                f"{name}[1] (y) must hold {expected}"
+                + ("" if classes is None else " (the width of the model's logits)")
+                + f", got labels from {int(low)} to {int(high)}; an out-of-range label gives a "
+                "NaN loss and an accuracy of 0."
+            )
+
+
+def _tickets_text(bad: np.ndarray, n: int | None) -> str:
+    if n is None:
+        return ""
+    shown = np.flatnonzero(bad)
+    return f" in ticket(s) {shown[:10].tolist()}{' …' if shown.size > 10 else ''} of {n}"
+
+
+def _check_finite_start(trees: dict[str, PyTree], n: int | None) -> None:
+    """Refuse params (frozen values, running statistics) holding NaN or inf before iteration 1.
+
+    Checked on the host: no compiled program (a fresh one would cost more than the check), and
+    no copy on a CPU, whose arrays numpy reads in place; on an accelerator, one copy of the
+    weights per fit.
+    """
+    named = [
+        (f"{name}{path}", leaf)
+        for name, tree in trees.items()
+        for path, leaf in _checks.leaves_with_paths(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    bad = []
+    for (name, _), arr in zip(named, jax.device_get([leaf for _, leaf in named]), strict=True):
+        arr = np.asarray(arr)
+        finite = np.isfinite(arr).all(axis=tuple(range(0 if n is None else 1, arr.ndim)))
+        if not finite.all():
+            bad.append((name, ~finite))
+    if bad:
+        tickets = np.any([b for _, b in bad], axis=0)
+        others = f" and {len(bad) - 1} more leaves" if len(bad) > 1 else ""
+        raise ValueError(
+            f"the weights hold NaN or inf at the start (iteration 0){_tickets_text(tickets, n)}: "
+            f"{bad[0][0]}{others}. Such a network trains to NaN and evaluates to a meaningless "
+            "accuracy; check where the weights came from (a diverged run? a bad reset?). "
+            "check_finite=False skips this check."
+        )
+
+
+def _check_finite_losses(train_loss: Array, losses: Array, start: int, n: int | None) -> None:
+    """Refuse a chunk (from iteration ``start``) whose training loss went NaN or inf.
+
+    Reads the chunk's mean loss, which the :class:`History` records anyway (a NaN or inf loss
+    makes it NaN or inf), so the check adds no computation; the losses of the chunk are fetched
+    only to name the iteration of a failure.
+    """
+    mean = np.asarray(jax.device_get(train_loss))
+    if np.isfinite(mean).all():
+        return
+    host = np.asarray(jax.device_get(losses))
+    diverged = ~np.isfinite(mean)
+    bad = ~np.isfinite(host[diverged] if n is not None else host[None])
+    # A run of finite losses too large to sum (a mean of inf) counts from the chunk's last step.
+    first = np.where(bad.any(axis=-1), bad.argmax(axis=-1), host.shape[-1] - 1)
+    raise ValueError(
+        f"the training loss is NaN or inf{_tickets_text(diverged, n)}, first at iteration "
+        f"{start + 1 + int(first.min())}: training diverged (too high a learning rate? a NaN in "
+        "the data?) and every later step and evaluation would be NaN. check_finite=False trains "
+        "on regardless."
+    )
+
+
 def fit(
     steps: Steps,
     state: TrainState,
@@ -263,6 +408,7 @@ def fit(
     eval_batch: int = 1000,
     progress: bool = True,
     desc: str = "train",
+    check_finite: bool = True,
 ) -> tuple[TrainState, History]:
     """Train for ``iterations`` steps, evaluating on ``val`` and ``test`` every ``eval_every``.
 
@@ -272,43 +418,68 @@ def fit(
       state: a :class:`TrainState` (stacked over tickets when ``tickets=True``), with the
         model's running statistics in ``state.model_state`` for stateful steps.
       mask: the mask (stacked likewise).
-      train, val, test: ``(x, y)`` arrays; put on the device once and shared by all tickets.
+      train, val, test: ``(x, y)`` arrays, each non-empty, with one integer label in
+        ``[0, classes)`` per example; put on the device once and shared by all tickets.
       iterations: total training steps; ``eval_every``: steps between evaluations.
       batch_size: examples per step; the data order is a pure function of ``data_key``.
-      data_key: one key (same data order for every ticket) or one per ticket.
+      data_key: one typed key (``jax.random.key``; the same data order for every ticket) or one
+        per ticket.
       frozen: pruned-weight values for ``"forward"`` mode (``None``: zeros).
-      tickets: whether the arguments carry a leading ticket axis.
+      tickets: whether the arguments carry a leading ticket axis (then ``state.step`` has shape
+        ``[tickets]``, as :func:`stack` and ``jax.vmap(steps.init)`` make it).
       ticket_batch_size: run tickets in ``lax.map`` chunks of this many instead of one ``vmap``.
       mesh: shard the ticket axis over this mesh (see :func:`ticket_mesh`); data replicated.
       progress: show a progress bar.
+      check_finite: refuse params (and ``frozen``, ``state.model_state``) that hold NaN or inf
+        at the start, and stop with a ``ValueError`` naming the tickets and the iteration after
+        the first chunk whose training loss is NaN or inf. Nothing is compiled for it: the start
+        is checked on the host (no copy on a CPU), and each chunk by the mean loss the
+        :class:`History` records anyway, read where the loop waits for the chunk. ``False``
+        trains on regardless (the :class:`History` then records the NaNs).
 
     Returns:
       The final state and the :class:`History` of evaluations (host numpy arrays).
+
+    Raises:
+      ValueError: before anything is computed, for inputs that would give a raw JAX error or
+        silent garbage (see the module docstring); with ``check_finite``, for a diverged run.
     """
-    if iterations <= 0 or eval_every <= 0 or batch_size <= 0:
-        raise ValueError(
-            "iterations, eval_every and batch_size must be positive, got "
-            f"{iterations}, {eval_every}, {batch_size}."
-        )
-    n_train = int(np.shape(train[0])[0])
-    if batch_size > n_train:
-        raise ValueError(
-            f"batch_size must be at most the {n_train} training examples, got {batch_size}."
-        )
+    for name, value in (
+        ("iterations", iterations),
+        ("batch_size", batch_size),
+        ("eval_every", eval_every),
+        ("eval_batch", eval_batch),
+    ):
+        _checks.check_positive_int(value, name=name)
+    if ticket_batch_size is not None:
+        _checks.check_positive_int(ticket_batch_size, name="ticket_batch_size")
+    _checks.check_params(state.params, name="state.params")
     _checks.check_mask(mask, state.params)
     step.check_model_state(steps.stateful, state.model_state, name="state.model_state")
     if frozen is not None:
         _checks.check_like(frozen, state.params, name="frozen")
-    put = (
-        (lambda a: jnp.asarray(a))
-        if mesh is None
-        else (lambda a: jax.device_put(jnp.asarray(a), NamedSharding(mesh, P())))
-    )
-    (xt, yt), (xv, yv), (xs, ys) = (tuple(put(a) for a in pair) for pair in (train, val, test))
+    trees = {"state.params": state.params, "frozen": frozen, "state.model_state": state.model_state}
+    n = _ticket_count(state, {**trees, "mask": mask}, tickets)
+    _checks.check_keys(data_key, name="data_key", count=n)
+    splits = {
+        name: _checks.check_batch(pair, name=name)
+        for name, pair in (("train", train), ("val", val), ("test", test))
+    }
+    n_train = int(splits["train"][0].shape[0])
+    if batch_size > n_train:
+        raise ValueError(
+            f"batch_size must be at most the {n_train} training examples, got {batch_size}."
+        )
+    _check_labels(splits, _logits_width(steps, state, splits["train"][0], tickets))
+    if check_finite:
+        _check_finite_start(trees, n)
     if mesh is not None:
+        replicated = NamedSharding(mesh, P())
+        splits = {k: jax.device_put(pair, replicated) for k, pair in splits.items()}
         state, mask, frozen = shard_tickets((state, mask, frozen), mesh)
         if jnp.ndim(data_key) == 1:
             data_key = shard_tickets(data_key, mesh)
+    (xt, yt), (xv, yv), (xs, ys) = splits.values()
     common = {"tickets": tickets, "ticket_batch_size": ticket_batch_size}
     records: list[tuple[int, Array, Array, Array, Array, Array]] = []
     done = 0
@@ -328,14 +499,20 @@ def fit(
                 batch_size=batch_size,
                 **common,
             )
-            done += length
+            # Dispatched before the evaluations, so that check_finite, reading it, waits for the
+            # chunk only (as block_until_ready does), not for the evaluations.
+            train_loss = jnp.mean(losses, axis=-1)
             ev = {"eval_batch": eval_batch, **common}
             if steps.stateful:
                 ev["model_state"] = state.model_state
             v = evaluate(steps, state.params, mask, frozen, xv, yv, **ev)
             t = evaluate(steps, state.params, mask, frozen, xs, ys, **ev)
-            records.append((done, jnp.mean(losses, axis=-1), *v, *t))
-            jax.block_until_ready(losses)
+            records.append((done + length, train_loss, *v, *t))
+            if check_finite:
+                _check_finite_losses(train_loss, losses, done, n)
+            else:
+                jax.block_until_ready(losses)
+            done += length
             bar.update(length)
     return state, _history(records)
 
