@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from jaxprune import criteria, data, models, reset, results, select, sweep, tickets, train
+from jaxprune import criteria, data, masks, models, reset, results, select, sweep, tickets, train
 
 from . import _study
 
@@ -126,9 +126,9 @@ def validate(cfg: Config) -> None:
         )
     if not cfg.supermask_lr > 0:
         _study.fail("supermask_lr", "> 0", cfg.supermask_lr)
-    for pattern, rate in (*cfg.rates, ("(default)", cfg.default_rate)):
-        if not 0.0 <= rate < 1.0:
-            _study.fail("rates", f"rates in [0, 1) (pattern {pattern!r})", rate)
+    _study.check_rates(cfg, "rates")
+    if not 0.0 <= cfg.default_rate < 1.0:
+        _study.fail("default_rate", "a rate in [0, 1)", cfg.default_rate)
     _study.check_names(cfg, "criteria", criteria.names())
     _study.check_names(cfg, "kept", reset.kept_names())
     _study.check_names(cfg, "pruned", reset.pruned_names())
@@ -153,19 +153,18 @@ class Setup(NamedTuple):
 
 
 def setup(cfg: Config) -> Setup:
-    """Load the data (a missing dataset stops here, before any training) and build the seeds."""
-    ds = data.load(cfg.dataset, seed=0, val_size=cfg.val_size, data_dir=cfg.data_dir)
-    if cfg.batch_size > len(ds.train.y):
-        _study.fail(
-            "batch_size", f"at most the {len(ds.train.y)} training examples of {cfg.dataset!r}",
-            cfg.batch_size,
-        )  # fmt: skip
+    """Load the data and build the seeds; a missing dataset, a batch larger than the data or a
+    ``--rates`` pattern that matches no prunable layer stops here, before anything is written."""
+    ds = _study.load_data(cfg)
     nets = [
         models.functional(
             models.build(cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, seed=s)
         )
         for s in range(cfg.seeds)
     ]
+    prunable = jax.tree_util.tree_flatten_with_path(masks.is_prunable(nets[0][1]))[0]
+    paths = [jax.tree_util.keystr(path) for path, flag in prunable if flag]
+    _study.check_patterns_match("rates", [p for p, _ in cfg.rates], paths, "prunable layer")
     rates = select.rates_by_pattern(nets[0][1], dict(cfg.rates), default=cfg.default_rate)
     return Setup(ds, nets[0][0], train.stack([n[1] for n in nets]), rates)
 
@@ -220,4 +219,5 @@ def run(
         "ticket_steps": done.timings["ticket_steps"] + more_steps,
     }  # fmt: skip
     (store.path / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    store.close()  # the run's lock: another process may take the folder now
     return store.path

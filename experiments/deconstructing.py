@@ -105,7 +105,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 def report(folder: Path, cfg: Config) -> dict[str, Path]:
     """Write ``summary.md`` and the PNG plots of a finished run folder; returns their paths."""
-    rows = results.Store(folder, cfg.to_json()).rows()
+    rows = results.Store(folder, cfg.to_json(), readonly=True).rows()
     imp = [r for r in rows if "level" in r]
     c0, k0, p0 = cfg.criteria[0], cfg.kept[0], cfg.pruned[0]
     out: dict[str, Path] = {}
@@ -240,9 +240,9 @@ def learned_supermasks(
         steps = supermask.make_steps(
             s.apply_fn, optax.sgd(cfg.supermask_lr, momentum=0.9), rescale=rescale
         )
-        state = jax.jit(
-            jax.vmap(lambda w, k, st=steps: st.init(supermask.logits_init(w), key=k))
-        )(s.theta0, keys)
+        state = jax.jit(jax.vmap(lambda w, k, st=steps: st.init(supermask.logits_init(w), key=k)))(
+            s.theta0, keys
+        )
         with train.count_compiles() as compiles:
             t0 = time.perf_counter()
             state, hist = train.fit(
@@ -270,7 +270,7 @@ def learned_supermasks(
 
 def brief(folder: Path, cfg: Config) -> str:
     """What the command prints: the summary without the every-level table."""
-    rows = results.Store(folder, cfg.to_json()).rows()
+    rows = results.Store(folder, cfg.to_json(), readonly=True).rows()
     n = len({r["ticket"] for r in rows if "ticket" in r})
     return (
         summary(rows, cfg, every_level=False)
@@ -280,8 +280,8 @@ def brief(folder: Path, cfg: Config) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _study.cli(
-        argv, __doc__ or "", PRESETS, help=_imp.HELP, check=_imp.validate, run=run,
-        report=report, brief=brief,
+        argv, __doc__ or "", PRESETS, study="deconstructing", help=_imp.HELP,
+        check=_imp.validate, run=run, report=report, brief=brief,
     )  # fmt: skip
 
 

@@ -78,6 +78,7 @@ import dataclasses
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -94,7 +95,6 @@ from jaxprune import data, models, plots, results, structured, sweep, train
 from . import _channels, _study
 
 ARMS = ("dense", "eb_continue", "eb_scratch")
-BN_MODELS = ("vgg", "resnet")  # the registry's models with batch norm: the masks need BN scales
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +138,7 @@ HELP = {
     "// batch size)",
     "iterations": "training iterations T of the dense run (and of eb_scratch)",
     "batch_size": "examples per step",
-    "lr": "initial SGD learning rate, divided by 10 at 50%% and 75%% of the iterations",
+    "lr": "initial SGD learning rate, divided by 10 at 50% and 75% of the iterations",
     "momentum": "SGD momentum",
     "weight_decay": "L2 weight decay",
     "penalty": "Network Slimming's L1 strength on BN scales during the search (0 = none)",
@@ -151,18 +151,11 @@ HELP = {
 
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` naming the flag of any bad setting, before anything is trained."""
-    _study.check_at_least(cfg, 1, "iterations", "batch_size", "seeds")
+    _study.check_common(cfg, batch_norm=True)
     _study.check_at_least(cfg, 0, "mask_every")
     _study.check_at_least(cfg, 2, "window")
-    if cfg.dataset not in data.names():
-        _study.fail("dataset", f"one of {data.names()}", cfg.dataset)
-    if cfg.model not in models.names() or not cfg.model.startswith(BN_MODELS):
-        bn = tuple(n for n in models.names() if n.startswith(BN_MODELS))
-        _study.fail("model", f"a model with batch norm (the masks rank BN scales), one of {bn}",
-                    cfg.model)  # fmt: skip
-    for name in ("lr", "width"):
-        if not getattr(cfg, name) > 0:
-            _study.fail(name, "> 0", getattr(cfg, name))
+    if not cfg.width > 0:
+        _study.fail("width", "> 0", cfg.width)
     for name in ("weight_decay", "penalty", "retrain_penalty"):
         if not getattr(cfg, name) >= 0:
             _study.fail(name, ">= 0", getattr(cfg, name))
@@ -170,13 +163,7 @@ def validate(cfg: Config) -> None:
         _study.fail("momentum", "in [0, 1)", cfg.momentum)
     if not 0 < cfg.epsilon <= 1:
         _study.fail("epsilon", "a distance in (0, 1]", cfg.epsilon)
-    if not cfg.ratios:
-        _study.fail("ratios", "a non-empty comma list of numbers in (0, 1)", "")
-    for p in cfg.ratios:
-        if not 0 < p < 1:
-            _study.fail("ratios", "prune ratios in (0, 1)", p)
-    if len(set(cfg.ratios)) != len(cfg.ratios):
-        _study.fail("ratios", "distinct ratios", ",".join(f"{p:g}" for p in cfg.ratios))
+    _study.check_fractions(cfg, "ratios", "prune ratios")
     if cfg.mask_every > cfg.iterations:
         _study.fail("mask_every", f"at most --iterations ({cfg.iterations})", cfg.mask_every)
 
@@ -414,9 +401,21 @@ def _save_search(folder: Path, search: Search, tickets: Any) -> None:
     os.replace(tmp, folder / "masks.npz")
 
 
+def read_search(path: Path) -> Search:
+    """The masks of a run's search (``state/masks.npz``); a damaged or missing file is a
+    ``ValueError`` naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return Search(*(f[name] for name in Search._fields))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is damaged or missing ({type(err).__name__}: {err}); run the study again on "
+            "this folder: the search is recomputed."
+        ) from None
+
+
 def _load_search(folder: Path, nets: _channels.Nets, n_tickets: int) -> tuple[Search, Any]:
-    with np.load(folder / "masks.npz") as f:
-        search = Search(*(f[name] for name in Search._fields))
+    search = read_search(folder / "masks.npz")
     like = {"params": nets.params, "model_state": nets.model_state}
     like = jax.tree.map(lambda a: np.zeros((n_tickets, *np.shape(a)[1:]), a.dtype), like)
     return search, train.checkpoint.restore(folder / "eb_tickets", like=like)
@@ -588,19 +587,14 @@ def run(cfg: Config, *, out: str | os.PathLike[str] = "runs", progress: bool = T
     Returns the run folder; a folder that already holds some units resumes after them.
     """
     validate(cfg)
-    ds = data.load(cfg.dataset, seed=0, val_size=cfg.val_size, data_dir=cfg.data_dir)
+    ds = _study.load_data(cfg)
     n_train = len(ds.train.y)
-    if cfg.batch_size > n_train:
-        raise ValueError(
-            f"--batch-size must be at most the {n_train} training examples of {cfg.dataset!r}, "
-            f"got {cfg.batch_size}."
-        )
     every = mask_interval(cfg, ds)
     if every > cfg.iterations:
         _study.fail("iterations", f"at least one mask interval ({every} iterations: one epoch of "
                     f"{n_train} examples at batch {cfg.batch_size})", cfg.iterations)  # fmt: skip
-    store = results.Store(results.run_dir(out, "early_bird", cfg.to_json()), cfg.to_json())
     nets = _channels.build(cfg.model, ds, range(cfg.seeds), width=cfg.width)
+    store = results.Store(results.run_dir(out, "early_bird", cfg.to_json()), cfg.to_json())
     groups = structured.channel_groups(nets.modules[0])
     ctx = _Ctx(
         cfg, ds, nets, groups, scored_groups(groups), every,
@@ -611,23 +605,29 @@ def run(cfg: Config, *, out: str | os.PathLike[str] = "runs", progress: bool = T
     start = time.time()
     state_dir = store.path / "state"
     n_tickets = cfg.seeds * len(cfg.ratios)
-    if "search" in done:
-        search, tickets = _load_search(state_dir, nets, n_tickets)
-    else:
+    units = [(r, arm) for r in range(len(cfg.ratios)) for arm in ARMS[1:]]
+    missing = [u for u in units if f"p{cfg.ratios[u[0]]:g}_{u[1]}" not in done]
+    if "search" in done and missing:  # a finished run restores nothing
+        try:
+            search, tickets = _load_search(state_dir, nets, n_tickets)
+        except (ValueError, OSError) as err:  # recomputed: the same program gives the same masks
+            store.discard("search", f"its state in {state_dir} is unreadable ({err})")
+            done.discard("search")
+    if "search" not in done:
         search, tickets, hist, taken = _search(cfg, ds, nets, ctx.scored, every, ctx.root, progress)
         _save_search(state_dir, search, tickets)  # before the commit: a committed unit has state
         store.write("search", _dense_rows(ctx, search, hist, taken))
     apply_of: dict[Any, Any] = {}
-    units = [(r, arm) for r in range(len(cfg.ratios)) for arm in ARMS[1:]]
     bar = tqdm(units, desc="early_bird: retraining", unit="arm", disable=not progress)
     for r, arm in bar:
         unit = f"p{cfg.ratios[r]:g}_{arm}"
         bar.set_postfix(unit=unit)
-        if unit not in done:
+        if (r, arm) in missing:
             store.write(unit, _retrain(ctx, search, tickets, r, arm, apply_of))
     bar.close()
     store.write_csv()
     (store.path / "elapsed.txt").write_text(f"{time.time() - start:.1f} s (this invocation)\n")
+    store.close()  # the run's lock: another process may take the folder now
     return store.path
 
 
@@ -754,9 +754,8 @@ def matrix_plot(search: Search, r: int, seed: int, epoch: int, path: Path, title
 
 def report(folder: Path, cfg: Config) -> dict[str, Path]:
     """Write ``summary.md`` and the plots of a finished run folder; returns their paths."""
-    rows = results.Store(folder, cfg.to_json()).rows()
-    with np.load(folder / "state" / "masks.npz") as f:
-        search = Search(*(f[name] for name in Search._fields))
+    rows = results.Store(folder, cfg.to_json(), readonly=True).rows()
+    search = read_search(folder / "state" / "masks.npz")
     epoch = int(rows[0]["iterations_per_epoch"])  # type: ignore[arg-type]
     out = {}
     out["mask_distance"] = plots.line_plot(
@@ -782,8 +781,9 @@ def report(folder: Path, cfg: Config) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _study.cli(
-        argv, __doc__ or "", PRESETS, help=HELP, check=validate, run=run, report=report
-    )
+        argv, __doc__ or "", PRESETS, study="early_bird", help=HELP, check=validate, run=run,
+        report=report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

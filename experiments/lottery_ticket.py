@@ -84,7 +84,7 @@ PRESETS: dict[str, Callable[[], Config]] = {
 
 def report(folder: Path, cfg: Config) -> dict[str, Path]:
     """Write ``summary.md`` and the PNG plots of a finished run folder; returns their paths."""
-    rows = results.Store(folder, cfg.to_json()).rows()
+    rows = results.Store(folder, cfg.to_json(), readonly=True).rows()
     common: dict[str, Any] = {
         "x": "density", "series": "control", "log_x": True, "invert_x": True, "xlabel": "density",
     }  # fmt: skip
@@ -159,8 +159,9 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _study.cli(
-        argv, __doc__ or "", PRESETS, help=_imp.HELP, check=_imp.validate, run=run, report=report
-    )
+        argv, __doc__ or "", PRESETS, study="lottery_ticket", help=_imp.HELP,
+        check=_imp.validate, run=run, report=report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune import data, models, plots, results, saliency, sweep, tickets, train
+from jaxprune import models, plots, results, saliency, sweep, tickets, train
 
 from . import _study
 
@@ -153,7 +153,12 @@ def table(cfg: Config) -> tickets.Table:
 def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     """Train dense, then prune and retrain every ticket level by level; returns the folder."""
     validate(cfg)
-    ds = data.load(cfg.dataset, seed=0, val_size=cfg.val_size, data_dir=cfg.data_dir)
+    ds = _study.load_data(cfg)
+    if cfg.score_examples > len(ds.train.y):
+        _study.fail(
+            "score_examples", f"at most the {len(ds.train.y)} training examples of {cfg.dataset!r}",
+            cfg.score_examples,
+        )  # fmt: skip
     options = {"hidden": cfg.hidden} if cfg.model == "mlp" and cfg.hidden else {}
     nets = [
         models.functional(
@@ -179,7 +184,12 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
         """½·h_qq·θ_q² of the trained (pruned) weights."""
         del w_init, grads, mask
         return saliency.obd(
-            apply_fn, w_final, batch, method=cfg.hessian, probes=cfg.probes, key=key  # type: ignore[arg-type]
+            apply_fn,
+            w_final,
+            batch,
+            method=cfg.hessian,
+            probes=cfg.probes,
+            key=key,  # type: ignore[arg-type]
         )
 
     t = table(cfg)
@@ -196,6 +206,7 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
         progress=progress, desc="obd: levels",
     )  # fmt: skip
     (store.path / "timings.json").write_text(json.dumps(done.timings, indent=1) + "\n")
+    store.close()  # the run's lock: another process may take the folder now
     return store.path
 
 
@@ -216,7 +227,7 @@ def summary(rows: Sequence[dict[str, Any]], cfg: Config) -> str:
 
 def report(folder: Path, cfg: Config) -> dict[str, Path]:
     """Write ``summary.md`` and the plots of a finished run folder; returns their paths."""
-    rows = results.Store(folder, cfg.to_json()).rows()
+    rows = results.Store(folder, cfg.to_json(), readonly=True).rows()
     common: dict[str, Any] = {"x": "density", "series": "method", "log_x": True,
                               "invert_x": True, "xlabel": "density"}  # fmt: skip
     out = {
@@ -237,8 +248,9 @@ def report(folder: Path, cfg: Config) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _study.cli(
-        argv, __doc__ or "", PRESETS, help=HELP, check=validate, run=run, report=report
-    )
+        argv, __doc__ or "", PRESETS, study="obd", help=HELP, check=validate, run=run,
+        report=report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

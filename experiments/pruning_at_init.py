@@ -110,11 +110,7 @@ def validate(cfg: Config) -> None:
         _study.fail("obd_hessian", f"one of {saliency.OBD_METHODS}", cfg.obd_hessian)
     _study.check_names(cfg, "methods", METHODS)
     _study.check_names(cfg, "scopes", SCOPES)
-    if not cfg.densities:
-        _study.fail("densities", "a non-empty comma list of numbers in (0, 1]", "")
-    for d in cfg.densities:
-        if not 0.0 < d <= 1.0:
-            _study.fail("densities", "numbers in (0, 1]", d)
+    _study.check_fractions(cfg, "densities", "numbers", one_ok=True)
 
 
 def quick() -> Config:
@@ -219,13 +215,13 @@ def layer_stats(mask: Any, params: Any) -> tuple[np.ndarray, np.ndarray]:
 def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     """Score, prune and train every ticket, one committed unit per density; returns the folder."""
     validate(cfg)
-    ds = data.load(cfg.dataset, seed=0, val_size=cfg.val_size, data_dir=cfg.data_dir)
-    if cfg.batch_size > len(ds.train.y):
-        raise ValueError(
-            f"--batch-size must be at most the {len(ds.train.y)} training examples of "
-            f"{cfg.dataset!r}, got {cfg.batch_size}."
-        )
-    store = results.Store(results.run_dir(out, "pruning_at_init", cfg.to_json()), cfg.to_json())
+    ds = _study.load_data(cfg)
+    fewest = int(np.bincount(ds.train.y, minlength=ds.num_classes).min())
+    if cfg.per_class > fewest:
+        _study.fail(
+            "per_class", f"at most {fewest}, the training examples of the rarest class of "
+            f"{cfg.dataset!r}", cfg.per_class,
+        )  # fmt: skip
     funcs = [
         models.functional(
             models.build(cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, seed=s)
@@ -237,6 +233,8 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     root = jax.random.key(20200626)
     keys = [jax.random.fold_in(root, s) for s in range(cfg.seeds)]
     batches = train.stack([_scoring_batch(ds, cfg.per_class, k) for k in keys])
+    # Every setting is checked: only now is the run folder made.
+    store = results.Store(results.run_dir(out, "pruning_at_init", cfg.to_json()), cfg.to_json())
     steps = train.make_steps(apply_fn, optax.adam(cfg.lr))
     done = set(store.done())
     start = time.time()
@@ -282,6 +280,7 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     bar.close()
     store.write_csv()
     (store.path / "elapsed.txt").write_text(f"{time.time() - start:.1f} s (this invocation)\n")
+    store.close()  # the run's lock: another process may take the folder now
     return store.path
 
 
@@ -398,7 +397,7 @@ def summary(rows: Sequence[dict[str, Any]], cfg: Config) -> str:
 
 def report(folder: Path, cfg: Config) -> dict[str, Path]:
     """Write ``summary.md`` and the plots of a finished run folder; returns their paths."""
-    rows = results.Store(folder, cfg.to_json()).rows()
+    rows = results.Store(folder, cfg.to_json(), readonly=True).rows()
     common: dict[str, Any] = {"x": "density_target", "series": "method", "log_x": True,
                               "invert_x": True, "xlabel": "density (kept fraction)"}  # fmt: skip
     out = {}
@@ -420,8 +419,9 @@ def report(folder: Path, cfg: Config) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _study.cli(
-        argv, __doc__ or "", PRESETS, help=HELP, check=validate, run=run, report=report
-    )
+        argv, __doc__ or "", PRESETS, study="pruning_at_init", help=HELP, check=validate, run=run,
+        report=report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

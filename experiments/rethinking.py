@@ -74,7 +74,6 @@ from . import _channels, _study
 
 METHODS = ("l1", "slimming")
 ARMS = ("unpruned", "pruned", "fine_tune", "scratch_e", "scratch_b")
-BN_MODELS = tuple(n for n in models.names() if n.startswith(("vgg", "resnet")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +107,7 @@ class Config:
 
 HELP = {
     **_study.HELP,
-    "model": f"model with batch norm, one of {BN_MODELS}",
+    "model": f"model with batch norm, one of {_study.BN_MODELS}",
     "width": "width multiplier of the model (1 = the paper's)",
     "methods": f"comma list of channel-pruning methods, from {METHODS}",
     "ratios": "comma list of fractions of channels to prune, in (0, 1): per layer for l1, "
@@ -128,10 +127,8 @@ HELP = {
 
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` for any bad setting, before anything is trained."""
-    _study.check_common(cfg)
+    _study.check_common(cfg, batch_norm=True)
     _study.check_at_least(cfg, 1, "finetune_iterations", "min_keep")
-    if cfg.model not in BN_MODELS:
-        _study.fail("model", f"a model with batch norm, one of {BN_MODELS}", cfg.model)
     for name in ("width", "finetune_lr"):
         if not getattr(cfg, name) > 0:
             _study.fail(name, "> 0", getattr(cfg, name))
@@ -141,20 +138,24 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.momentum < 1:
         _study.fail("momentum", "in [0, 1)", cfg.momentum)
     _study.check_names(cfg, "methods", METHODS)
-    if not cfg.ratios:
-        _study.fail("ratios", "a non-empty comma list of numbers in (0, 1)", "")
-    for r in cfg.ratios:
-        if not 0.0 < r < 1.0:
-            _study.fail("ratios", "numbers in (0, 1)", r)
-    for pattern, rate in cfg.l1_rates:
-        if not 0.0 <= rate < 1.0:
-            _study.fail("l1_rates", f"rates in [0, 1) (pattern {pattern!r})", rate)
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            _study.fail("l1_rates", "valid regular expressions", f"{pattern} ({e})")
+    _study.check_fractions(cfg, "ratios", "numbers")
+    _study.check_rates(cfg, "l1_rates")
     if cfg.iterations % cfg.eval_every:
         _study.fail("iterations", f"a multiple of --eval-every ({cfg.eval_every})", cfg.iterations)
+
+
+def check_groups(cfg: Config, groups: Sequence[structured.ChannelGroup]) -> None:
+    """The settings that need the model's channel groups: every ``--l1-rates`` pattern names
+    one, and ``--min-keep`` fits in the narrowest."""
+    _study.check_patterns_match(
+        "l1_rates", [p for p, _ in cfg.l1_rates], [g.name for g in groups], "channel group"
+    )
+    narrowest = min(groups, key=lambda g: g.size)
+    if cfg.min_keep > narrowest.size:
+        _study.fail(
+            "min_keep", f"at most {narrowest.size}, the channels of the narrowest group "
+            f"({narrowest.name} of {cfg.model} at width {cfg.width:g})", cfg.min_keep,
+        )  # fmt: skip
 
 
 def quick() -> Config:
@@ -247,13 +248,10 @@ def scratch_b_iterations(iterations: int, speedup: float, eval_every: int) -> in
 def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     """Train, prune, compact and retrain every arm, one committed unit at a time; the folder."""
     validate(cfg)
-    ds = data.load(cfg.dataset, seed=0, val_size=cfg.val_size, data_dir=cfg.data_dir)
-    if cfg.batch_size > len(ds.train.y):
-        _study.fail(
-            "batch_size", f"at most the {len(ds.train.y)} training examples", cfg.batch_size
-        )
-    store = results.Store(results.run_dir(out, "rethinking", cfg.to_json()), cfg.to_json())
+    ds = _study.load_data(cfg)
     nets = _channels.build(cfg.model, ds, range(cfg.seeds), width=cfg.width)
+    check_groups(cfg, structured.channel_groups(nets.modules[0]))
+    store = results.Store(results.run_dir(out, "rethinking", cfg.to_json()), cfg.to_json())
     dense_flops = _channels.flops(nets.modules[0], ds.input_shape)
     dense_params = models.param_count(_channels.ticket(nets.params, 0))
     done = set(store.done())
@@ -265,9 +263,14 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
         unit = f"dense_{method}"
         state_path = store.path / "state" / unit
         like = {"params": nets.params, "model_state": nets.model_state}
-        if unit in done:
-            trained = train.checkpoint.restore(state_path, like=like)
-        else:
+        missing = [j for j in range(len(cfg.ratios)) if f"{method}_{j:02d}" not in done]
+        if unit in done and missing:  # a finished method restores nothing
+            try:
+                trained = train.checkpoint.restore(state_path, like=like)
+            except (ValueError, OSError) as err:  # recomputed: the same program, the same weights
+                store.discard(unit, f"its checkpoint {state_path} is unreadable ({err})")
+                done.discard(unit)
+        if unit not in done:
             penalty = cfg.penalty if method == "slimming" else 0.0
             s = _channels.steps(nets.apply_fn, cfg.momentum, cfg.weight_decay, penalty)
             t0 = time.time()
@@ -289,17 +292,16 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
                 for i in range(cfg.seeds)
             ]  # fmt: skip
             store.write(unit, rows)
-        for j, ratio in enumerate(cfg.ratios):
-            unit = f"{method}_{j:02d}"
-            if unit in done:
-                continue
+        for j in missing:
+            ratio = cfg.ratios[j]
             rows = _prune_and_retrain(
                 cfg, ds, nets, trained, method, ratio, base, dense_flops, dense_params,
                 jax.random.fold_in(key, 1 + j), progress,
             )  # fmt: skip
-            store.write(unit, rows)
+            store.write(f"{method}_{j:02d}", rows)
     store.write_csv()
     (store.path / "elapsed.txt").write_text(f"{time.time() - start:.1f} s (this invocation)\n")
+    store.close()  # the run's lock: another process may take the folder now
     return store.path
 
 
@@ -462,7 +464,7 @@ def summary(rows: Sequence[dict[str, Any]], cfg: Config) -> str:
 
 def report(folder: Path, cfg: Config) -> dict[str, Path]:
     """Write ``summary.md`` and one accuracy-vs-speedup plot per method; returns their paths."""
-    rows = results.Store(folder, cfg.to_json()).rows()
+    rows = results.Store(folder, cfg.to_json(), readonly=True).rows()
     out: dict[str, Path] = {}
     for method in cfg.methods:
         mine = [r for r in rows if r["method"] == method]
@@ -486,8 +488,9 @@ def report(folder: Path, cfg: Config) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _study.cli(
-        argv, __doc__ or "", PRESETS, help=HELP, check=validate, run=run, report=report
-    )
+        argv, __doc__ or "", PRESETS, study="rethinking", help=HELP, check=validate, run=run,
+        report=report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

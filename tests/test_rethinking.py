@@ -157,16 +157,27 @@ def test_slimming_seeds_with_different_widths_train_as_separate_programs(tmp_pat
     [
         (["--model", "lenet300_100"], "--model must be a model with batch norm"),
         (["--ratios", "0.5,1.0"], "--ratios must be numbers in (0, 1), got 1.0"),
-        (["--l1-rates", "conv(=0.5"], "--l1-rates must be valid regular expressions"),
+        (["--ratios", "0.5,0.75,0.5"],
+         "--ratios must be distinct numbers, each given once, got '0.5,0.75,0.5'."),
+        (["--l1-rates", "conv(=0.5"],
+         "--l1-rates pattern 'conv(' is not a valid regular expression (Python re): missing )"),
         (["--l1-rates", "conv1"], "argument --l1-rates: expected 'pattern=rate,...'"),
+        (["--l1-rates", "^conv1$=0.5,^fc1$=0"], "--l1-rates pattern '^fc1$' matches no channel "
+         "group; the channel groups are: conv1, conv2, conv3, conv4, conv5, conv6, conv7, conv8."),
+        (["--min-keep", "9"], "--min-keep must be at most 8, the channels of the narrowest group "
+         "(conv1 of vgg11 at width 0.125), got 9."),
         (["--iterations", "150"], "--iterations must be a multiple of --eval-every (100)"),
         (["--methods", "taylor"], "--methods must be a comma list from"),
         (["--momentum", "1.0"], "--momentum must be in [0, 1)"),
+        (["--width", "inf"], "--width must be a finite number, got inf."),
+        (["--data-dir", "/tmp"], "'digits' is built into jaxprune and reads no folder"),
     ],
-)
+)  # fmt: skip
 def test_bad_settings_stop_before_training(argv, says, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         rethinking.main([*argv, "--out", str(tmp_path)])
     assert e.value.code == 2
-    assert says in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("rethinking: error: ") and err.count("\n") == 1, err
+    assert says in err
     assert not list(tmp_path.iterdir())

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -19,6 +22,7 @@ import pytest
 from experiments import obd, pruning_at_init
 from jaxprune import models, results, train
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--iterations", "20", "--eval-every", "10", "--no-progress"]
 LENET = {"fc1": (64, 300), "fc2": (300, 100), "out": (100, 10)}
 
@@ -159,16 +163,45 @@ def test_obd_study_prunes_the_lowest_saliency_of_the_trained_weights(tmp_path, c
     [
         (pruning_at_init, ["--methods", "snip,biggest"], "--methods must be a comma list from"),
         (pruning_at_init, ["--densities", "0.5,1.5"], "--densities must be numbers in (0, 1]"),
+        (pruning_at_init, ["--densities", "1,0.1,0.1"],
+         "--densities must be distinct numbers, each given once, got '1,0.1,0.1'."),
+        (pruning_at_init, ["--densities", "0.1,nan"], "--densities must be finite numbers, got nan."),
         (pruning_at_init, ["--scopes", "local"], "--scopes must be"),
         (pruning_at_init, ["--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist"),
+        (pruning_at_init, ["--model", "vgg19"], "--model must be a model without batch norm"),
+        (pruning_at_init, ["--per-class", "100000"], "--per-class must be at most 116, the "
+         "training examples of the rarest class of 'digits', got 100000."),
+        (pruning_at_init, ["--data-dir", "/tmp"], "--data-dir is only read for the prepared "
+         "tensorflow-datasets sets"),
         (obd, ["--rate", "1.5"], "--rate must be a fraction in (0, 1), got 1.5"),
         (obd, ["--levels", "-1"], "--levels must be an integer ≥ 0, got -1"),
         (obd, ["--hessian", "exact"], "--hessian exact takes one Hessian-vector product"),
+        (obd, ["--score-examples", "100000"],
+         "--score-examples must be at most the 1197 training examples of 'digits', got 100000."),
+        (obd, ["--lr", "inf"], "--lr must be a finite number, got inf."),
+        (obd, ["--data-dir", "/tmp"], "'digits' is built into jaxprune and reads no folder"),
     ],
-)
+)  # fmt: skip
 def test_bad_settings_stop_before_training(module, argv, says, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.main([*argv, "--out", str(tmp_path), "--no-progress"])
     assert exit_info.value.code == 2
-    assert says in capsys.readouterr().err
-    assert not list(tmp_path.glob("*/rows/*"))  # nothing was committed
+    err = capsys.readouterr().err
+    study = module.__name__.rpartition(".")[2]
+    assert err.startswith(f"{study}: error: ") and err.count("\n") == 1, err
+    assert says in err
+    assert not list(tmp_path.iterdir())  # no run folder was made
+
+
+def test_an_error_of_the_run_is_one_line_on_stderr_and_nothing_else(tmp_path):
+    # The real process: no traceback, no usage, nothing printed after the error (absl's logging
+    # may add its own lines).
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.obd", "--hessian", "exact", "--out", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "JAXPRUNE_COMPILE_CACHE": "off"}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if not x.startswith("WARNING:absl:")]
+    assert len(lines) == 1 and lines[0].startswith("obd: error: --hessian exact takes"), lines
+    assert proc.stdout == "" and not list(tmp_path.iterdir())

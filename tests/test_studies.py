@@ -1,4 +1,5 @@
-"""The lottery-ticket and Deconstructing studies end to end on tiny settings.
+"""The lottery-ticket and Deconstructing studies end to end on tiny settings, and the command line
+every study shares (help, errors as one line).
 
 Checked against numbers computed another way: the per-layer kept counts of every level follow the
 exact arithmetic of ``select.keep_count``; the reinit control holds exactly the ticket's mask; a
@@ -7,6 +8,8 @@ run killed with SIGKILL and started again ends with the same rows as a run never
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import itertools
 import json
 import os
@@ -15,13 +18,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from experiments import _imp, deconstructing, lottery_ticket
+from experiments import (
+    _imp,
+    _study,
+    deconstructing,
+    early_bird,
+    lottery_ticket,
+    obd,
+    pruning_at_init,
+    rethinking,
+)
 from jaxprune import criteria, masks, results, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,28 +163,107 @@ def test_deconstructing_on_mocked_mnist(tmp_path, capsys):
     assert len([r for r in rows if "level" in r]) == 2 * 2
 
 
-@pytest.mark.parametrize(
-    ("argv", "says"),
-    [
-        (["--criteria", "large_final,biggest"], "--criteria must be a comma list from"),
-        (["--default-rate", "1.5"], "--rates must be rates in [0, 1)"),
-        (["--rates", "out=1.5"], "--rates must be rates in [0, 1)"),
-        (["--levels", "-1"], "--levels must be an integer ≥ 0, got -1"),
-        (["--kept", "rewinding"], "--kept must be a comma list from"),
-        (["--rates", "out"], "argument --rates: expected 'pattern=rate,...'"),
-        (["--dataset", "imagenet"], "--dataset must be one of"),
-        (["--dataset", "mnist"], "tfds build mnist"),
-        (["--batch-size", "100000"], "--batch-size must be at most the 1197 training examples"),
-    ],
-)
-def test_bad_settings_stop_before_training(argv, says, tmp_path, capsys):
-    data_dir = tmp_path / "no_tfds"
-    data_dir.mkdir()
+BAD_SETTINGS = [
+    (["--criteria", "large_final,biggest"], "--criteria must be a comma list from"),
+    (["--default-rate", "1.5"], "--default-rate must be a rate in [0, 1), got 1.5."),
+    (["--rates", "out=1.5"], "--rates must be rates in [0, 1) (pattern 'out'), got 1.5."),
+    (["--levels", "-1"], "--levels must be an integer ≥ 0, got -1."),
+    (["--kept", "rewinding"], "--kept must be a comma list from"),
+    (["--rates", "out"], "argument --rates: expected 'pattern=rate,...'"),
+    (["--dataset", "imagenet"], "--dataset must be one of"),
+    (["--dataset", "mnist", "--data-dir", "{empty}"], "tfds build mnist"),
+    (["--batch-size", "100000"], "--batch-size must be at most the 1197 training examples"),
+    (["--val-size", "0"], "--val-size must be a positive integer, got 0."),
+    (["--val-size", "5000"], "val_size (--val-size) must be an int in [1, 1396] for 'digits'"),
+    (["--model", "vgg19"], "--model must be a model without batch norm (this study trains "
+     "apply_fn(params, x), models.functional), one of ('conv2', 'conv4', 'conv6', "
+     "'lenet300_100', 'mlp'), got 'vgg19'."),
+    (["--lr", "inf"], "--lr must be a finite number, got inf."),
+    (["--lr", "nan"], "--lr must be a finite number, got nan."),
+    (["--supermask-lr=-inf"], "--supermask-lr must be a finite number, got -inf."),
+    (["--rates", "out=0.1,conv(=0.2"], "--rates pattern 'conv(' is not a valid regular expression "
+     "(Python re): missing ), unterminated subpattern at position 4."),
+    (["--rates", "out=0.1,out=0.2"], "--rates must be distinct patterns (the first that matches "
+     "a layer sets its rate), got 'out'."),
+    (["--rates", "out=0.1,nomatch=0.5"], "--rates pattern 'nomatch' matches no prunable layer; the "
+     "prunable layers are: ['fc1']['kernel'].value, ['fc2']['kernel'].value, "
+     "['out']['kernel'].value."),
+    (["--data-dir", "{empty}"], "--data-dir is only read for the prepared tensorflow-datasets "
+     "sets ('cifar10', 'cifar100', 'fashion_mnist', 'mnist'); 'digits' is built into jaxprune and "
+     "reads no folder: drop --data-dir"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", [lottery_ticket, deconstructing], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(("argv", "says"), BAD_SETTINGS)
+def test_bad_settings_stop_before_training(module, argv, says, tmp_path, capsys):
+    empty = tmp_path / "no_tfds"
+    empty.mkdir()
+    argv = [a.format(empty=empty) for a in argv]
     with pytest.raises(SystemExit) as e:
-        deconstructing.main([*argv, "--out", str(tmp_path / "runs"), "--data-dir", str(data_dir)])
+        module.main([*argv, "--out", str(tmp_path / "runs")])
     assert e.value.code == 2
-    assert says in capsys.readouterr().err
+    study = module.__name__.rpartition(".")[2]
+    err = capsys.readouterr().err
+    assert err.startswith(f"{study}: error: ") and err.count("\n") == 1, err  # one line, no usage
+    assert says in err
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+STUDIES = [lottery_ticket, deconstructing, obd, pruning_at_init, rethinking, early_bird]
+
+
+def _name(module: ModuleType) -> str:
+    return module.__name__.rpartition(".")[2]
+
+
+@pytest.mark.parametrize("module", STUDIES, ids=_name)
+def test_every_study_prints_its_help(module, capsys):
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {_name(module)} [-h]")
+    assert "--out OUT" in out and "--lr LR" in out
+
+
+@pytest.mark.parametrize("module", STUDIES, ids=_name)
+def test_an_out_folder_that_cannot_be_written_is_one_error_line(module, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as e:  # the run folder would go under a file
+        module.main(["--out", str(blocker / "runs"), "--seeds", "1", "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{_name(module)}: error: ") and err.count("\n") == 1, err
+    assert str(blocker / "runs") in err
+    assert "Traceback" not in err and blocker.read_text() == ""
+
+
+def test_errors_of_the_run_and_the_report_are_one_error_line(tmp_path, capsys):
+    def cli(run: Any, report: Any) -> None:
+        _study.cli(
+            ["--out", str(tmp_path)], "", lottery_ticket.PRESETS, study="lottery_ticket",
+            help={}, check=lambda cfg: None, run=run, report=report,
+        )  # fmt: skip
+
+    def refused(cfg: Any, *, out: str, progress: bool) -> Path:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))
+
+    def done(cfg: Any, *, out: str, progress: bool) -> Path:
+        return tmp_path
+
+    def damaged(folder: Path, cfg: Any) -> dict[str, Path]:
+        raise ValueError(f"{folder}/rows/1.jsonl is damaged;\n  move it aside and run again.")
+
+    for run, report, says in [
+        (refused, damaged, f"Permission denied: '{tmp_path / 'x'}'"),
+        (done, damaged, f"{tmp_path}/rows/1.jsonl is damaged; move it aside and run again."),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            cli(run, report)
+        assert e.value.code == 2
+        assert capsys.readouterr().err == f"lottery_ticket: error: {says}\n"
 
 
 def _units(folder: Path) -> list[str]:
@@ -238,3 +331,30 @@ def test_compiled_programs_do_not_grow_with_the_names_in_the_grid(tmp_path, caps
         folder = _folder(capsys)
         counts[label] = json.loads((folder / "timings.json").read_text())["programs"]
     assert counts["15"] <= counts["2"], counts
+
+
+def test_a_second_process_on_a_run_stops_at_once_and_clears_nothing(tmp_path):
+    # While this process holds the run (as a running study does), the same command in another
+    # process stops before computing or clearing anything, naming the holder.
+    argv = [*TINY, "--levels", "1", "--seeds", "1", "--out", str(tmp_path)]
+    cfg = dataclasses.replace(
+        lottery_ticket.PRESETS["quick"](), iterations=20, eval_every=10, levels=1, seeds=1
+    )
+    folder = results.run_dir(tmp_path, "lottery_ticket", cfg.to_json())
+    with results.Store(folder, cfg.to_json()) as store:
+        store.write("level_000", [{"ticket": 0, "level": 0}])
+        (folder / "state" / "level_000").mkdir(parents=True)  # what a first process has written
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.lottery_ticket", *argv],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "JAXPRUNE_COMPILE_CACHE": "off"},
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert error.startswith(
+        f"lottery_ticket: error: run folder {folder} is in use by another process "
+        f"(pid {os.getpid()} on "
+    ), error
+    assert "Wait for it to finish (or stop it)" in error
+    assert (folder / "state" / "level_000").is_dir()  # nothing of the first was cleared
+    assert results.Store(folder, cfg.to_json(), readonly=True).done() == ["level_000"]
