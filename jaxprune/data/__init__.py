@@ -11,6 +11,11 @@
   5,000 training images become the validation split. jaxprune never downloads: a missing dataset
   raises :class:`DatasetNotAvailableError` with the commands that prepare it.
 
+``load(..., normalize=True)`` (or :func:`normalize`) standardises the pixels per channel with the
+training split's mean and std. :class:`Augment` and :func:`augment_batch` (module
+:mod:`jaxprune.data.augment`) are the random crops and flips that :func:`jaxprune.train.fit`
+applies on the device inside its scanned step (``fit(..., augment=Augment())``).
+
 Example:
   >>> from jaxprune import data
   >>> ds = data.load("synthetic", seed=1)
@@ -19,7 +24,9 @@ Example:
 """
 
 from jaxprune.data._dataset import Dataset as Dataset
+from jaxprune.data._dataset import Normalization as Normalization
 from jaxprune.data._dataset import Split as Split
+from jaxprune.data._dataset import normalize as normalize
 from jaxprune.data._dataset import stratified_take as stratified_take
 from jaxprune.data._local import digits as digits
 from jaxprune.data._local import synthetic as synthetic
@@ -28,16 +35,22 @@ from jaxprune.data._registry import load as load
 from jaxprune.data._registry import names as names
 from jaxprune.data._tfds import TFDS_SETS as TFDS_SETS
 from jaxprune.data._tfds import DatasetNotAvailableError as DatasetNotAvailableError
+from jaxprune.data.augment import Augment as Augment
+from jaxprune.data.augment import augment_batch as augment_batch
 
 __all__ = [
     "REGISTRY",
     "TFDS_SETS",
+    "Augment",
     "Dataset",
     "DatasetNotAvailableError",
+    "Normalization",
     "Split",
+    "augment_batch",
     "digits",
     "load",
     "names",
+    "normalize",
     "stratified_take",
     "synthetic",
 ]

@@ -7,14 +7,33 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Dataset", "Split", "make_dataset", "stratified_take"]
+__all__ = ["Dataset", "Normalization", "Split", "make_dataset", "normalize", "stratified_take"]
 
 
 class Split(NamedTuple):
-    """One split: ``x`` float32 NHWC in [0, 1], ``y`` int32 labels. Unpacks as ``x, y = split``."""
+    """One split: ``x`` float32 NHWC in [0, 1] (standardised per channel after
+    :func:`normalize`), ``y`` int32 labels. Unpacks as ``x, y = split``."""
 
     x: np.ndarray
     y: np.ndarray
+
+
+class Normalization(NamedTuple):
+    r"""The per-channel statistics :func:`normalize` applied: :math:`x' = (x - \mu_c)/\sigma_c`.
+
+    ``mean`` and ``std`` are float32 arrays of shape ``[channels]``, computed on the training
+    split; :attr:`black` is the value a pixel of 0 (black) takes after normalising.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def black(self) -> tuple[float, ...]:
+        r""":math:`-\mu_c/\sigma_c` per channel: the ``fill`` of
+        :class:`~jaxprune.data.Augment` that pads with black, as torchvision does when it pads
+        before normalising."""
+        return tuple(float(v) for v in -self.mean / self.std)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -24,10 +43,13 @@ class Dataset:
     Attributes:
       name: the registry name (``"digits"``, ``"mnist"``, …).
       train, val, test: :class:`Split` pairs ``(x, y)``; ``x`` is float32 of shape
-        ``(n, *input_shape)`` with pixels in [0, 1], ``y`` int32 in ``[0, num_classes)``.
+        ``(n, *input_shape)`` with pixels in [0, 1] (standardised when
+        ``normalization`` is set), ``y`` int32 in ``[0, num_classes)``.
         Each is the ``(x, y)`` tuple :func:`jaxprune.train.fit` takes.
       num_classes: number of classes.
       input_shape: shape of one example, NHWC without the batch axis, e.g. ``(28, 28, 1)``.
+      normalization: the per-channel statistics the pixels were standardised with
+        (:func:`normalize`), or ``None`` for pixels in [0, 1].
     """
 
     name: str
@@ -36,12 +58,14 @@ class Dataset:
     test: Split
     num_classes: int
     input_shape: tuple[int, ...]
+    normalization: Normalization | None = None
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(getattr(self, s).y)}" for s in ("train", "val", "test"))
+        normalized = "" if self.normalization is None else ", normalized"
         return (
             f"Dataset(name={self.name!r}, {sizes}, num_classes={self.num_classes}, "
-            f"input_shape={self.input_shape})"
+            f"input_shape={self.input_shape}{normalized})"
         )
 
 
@@ -121,3 +145,70 @@ def make_dataset(
         num_classes=int(num_classes),
         input_shape=tuple(int(d) for d in x_pool.shape[1:]),
     )
+
+
+def normalize(ds: Dataset) -> Dataset:
+    r"""Standardise every split per channel with the *training* split's mean and std.
+
+    .. math:: x' = (x - \mu_c) / \sigma_c, \qquad \mu_c, \sigma_c = \text{mean, std of channel
+       } c \text{ over all training pixels}
+
+    (the population std, computed in float64); validation and test use the training statistics,
+    so nothing is learnt from them. The result is float32, keeps the name, and records the
+    statistics in ``normalization`` (a :class:`Normalization`).
+
+    Raises:
+      ValueError: ``ds`` is already normalised, or a channel is constant over the training split
+        (its std is 0).
+
+    Example:
+      >>> from jaxprune import data
+      >>> ds = data.normalize(data.load("digits"))
+      >>> ds
+      Dataset(name='digits', train=1197, val=200, test=400, num_classes=10, input_shape=(8, 8, 1), normalized)
+      >>> x = ds.train.x
+      >>> round(float(x.mean()), 6) + 0.0, round(float(x.std()), 4), x.dtype.name
+      (0.0, 1.0, 'float32')
+    """
+    if ds.normalization is not None:
+        raise ValueError(
+            f"ds ({ds.name!r}) is already normalised (per-channel mean "
+            f"{ds.normalization.mean.tolist()}, std {ds.normalization.std.tolist()}); normalising "
+            "twice would lose the statistics of the original pixels."
+        )
+    mean, std = _channel_stats(np.asarray(ds.train.x))
+    if not np.all(std > 0):
+        raise ValueError(
+            f"cannot normalise {ds.name!r}: channel(s) {np.flatnonzero(~(std > 0)).tolist()} are "
+            "constant over the training split (std 0), and dividing by 0 gives inf or NaN."
+        )
+
+    mean32, std32 = _frozen(mean.astype(np.float32)), _frozen(std.astype(np.float32))
+
+    def scaled(split: Split) -> Split:
+        out = np.subtract(split.x, mean32, dtype=np.float32)
+        out /= std32  # in place: CIFAR-sized splits are hundreds of MB
+        return Split(_frozen(out), split.y)
+
+    return dataclasses.replace(
+        ds,
+        train=scaled(ds.train),
+        val=scaled(ds.val),
+        test=scaled(ds.test),
+        normalization=Normalization(mean32, std32),
+    )
+
+
+def _channel_stats(x: np.ndarray, rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (last axis) mean and population std of ``x``, accumulated in float64 over
+    blocks of ``rows`` examples (two passes), so no float64 copy of the whole split is made."""
+    flat = x.reshape(len(x), -1, x.shape[-1])
+    count = flat.shape[0] * flat.shape[1]
+    total = sum(
+        flat[i : i + rows].sum(axis=(0, 1), dtype=np.float64) for i in range(0, len(x), rows)
+    )
+    mean = np.asarray(total) / count
+    squares = sum(
+        np.square(flat[i : i + rows] - mean).sum(axis=(0, 1)) for i in range(0, len(x), rows)
+    )
+    return mean, np.sqrt(np.asarray(squares) / count)

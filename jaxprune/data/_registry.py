@@ -48,6 +48,7 @@ def load(
     seed: int = 0,
     val_size: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    normalize: bool = False,
 ) -> _dataset.Dataset:
     """Load a dataset by name, whole, into host memory, with a seeded validation split.
 
@@ -72,6 +73,9 @@ def load(
       val_size: validation examples taken out of the training pool; ``None``: the table's.
       data_dir: the tensorflow-datasets folder to read from (default: ``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``); ignored by ``digits`` and ``synthetic``.
+      normalize: standardise the pixels per channel with the training split's mean and std
+        (:func:`~jaxprune.data.normalize`; the statistics are in ``ds.normalization``); default:
+        pixels in [0, 1].
 
     Returns:
       A :class:`Dataset`.
@@ -88,4 +92,7 @@ def load(
       ((1197, 8, 8, 1), dtype('float32'), dtype('int32'), 0.0, 1.0)
     """
     _checks.check_choice(name, REGISTRY, name="dataset name")
-    return REGISTRY[name](seed=seed, val_size=val_size, data_dir=data_dir)
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be a bool, got {normalize!r}.")
+    ds = REGISTRY[name](seed=seed, val_size=val_size, data_dir=data_dir)
+    return _dataset.normalize(ds) if normalize else ds

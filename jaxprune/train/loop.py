@@ -4,6 +4,15 @@ The training split lives on the device. Step ``t`` of a run trains on the batch
 ``perm_e[j·B : (j+1)·B]`` with ``e = t // S``, ``j = t mod S`` (``S`` = batches per epoch, the last
 partial batch dropped) and ``perm_e = permutation(fold_in(data_key, e), n_train)``: the data order
 is a pure function of the data key and the step, so a run resumed at any step sees the same data.
+:func:`fit` counts steps from ``start`` (default 0): a fit of ``n`` steps with ``start=s`` from
+the state a fit of ``s`` steps returned continues it exactly.
+
+Augmentation (``fit(..., augment=data.Augment())``) happens on the device inside the scanned
+step: the batch of step ``t`` is transformed by :func:`jaxprune.data.augment_batch` with the
+draws of ``fold_in(augment_key, t)`` (default ``augment_key``: ``fold_in(data_key, 2**31 - 1)``,
+so per-ticket data keys also give per-ticket augmentation), again a pure function of the key and
+the step. Evaluation never augments. ``augment=None`` (or the identity ``Augment(0, False)``)
+adds nothing to the step.
 
 A fit is a host loop over *chunks* of ``eval_every`` steps; each chunk is one compiled program
 (a ``lax.scan``) that trains every ticket, followed by an evaluation on validation and test. The
@@ -21,7 +30,9 @@ statistics in ``TrainState.model_state``, per ticket like the params: the scan u
 the splits are non-empty ``(x, y)`` pairs of one label per example, with labels in
 ``[0, classes)`` (the width of the model's logits, from one abstract evaluation, when the steps
 have an ``apply_fn``); the ``tickets`` flag matches the state (one ``state.step`` per ticket on a
-leading axis); the data key is typed; the params are floats; the counts are ints. With
+leading axis); the data key is typed; the params are floats; the counts are ints; an ``augment``
+setting suits the training images (NHWC, the padding smaller than the height and width), and an
+``augment_key`` comes only with it, typed, one key or one per ticket. With
 ``check_finite=True`` (the default) it also refuses non-finite weights at the start and stops at
 the first chunk whose training loss is not finite (read from the chunk's mean loss, which the
 :class:`History` records anyway, where the loop waits for the chunk).
@@ -43,6 +54,7 @@ from tqdm.auto import tqdm
 
 from jaxprune import _checks
 from jaxprune._types import Array, Key, Mask, PyTree
+from jaxprune.data import augment as augment_lib
 from jaxprune.train import step
 from jaxprune.train.step import Steps, TrainState
 
@@ -58,6 +70,9 @@ __all__ = [
 ]
 
 TICKET_AXIS = "tickets"
+AUGMENT_STREAM = 2**31 - 1
+"""``fold_in(data_key, AUGMENT_STREAM)`` is the default augmentation key: a stream apart from the
+epochs' permutation keys ``fold_in(data_key, e)``, which a run never reaches ``e = 2**31 - 1``."""
 
 
 class History(NamedTuple):
@@ -120,10 +135,15 @@ def _chunk_impl(
     y: Array,
     data_key: Key,
     start: Array,
+    augment_key: Key | None,
     length: int,
     batch_size: int,
+    augment: augment_lib.Augment | None,
 ) -> tuple[TrainState, Array]:
     n_train = x.shape[0]
+    augmenting = augment is not None and not augment.is_identity
+    if augmenting and augment_key is None:
+        augment_key = jax.random.fold_in(data_key, AUGMENT_STREAM)
     per_epoch = n_train // batch_size
     # The permutations of every epoch this chunk touches, drawn once per chunk, not once per step.
     n_epochs = math.ceil(length / per_epoch) + 1
@@ -135,7 +155,11 @@ def _chunk_impl(
     def body(st: TrainState, t: Array) -> tuple[TrainState, Array]:
         perm = perms[t // per_epoch - first]
         idx = jax.lax.dynamic_slice(perm, ((t % per_epoch) * batch_size,), (batch_size,))
-        st, metrics = steps.train_step(st, mask, (x[idx], y[idx]), frozen)
+        xb = x[idx]
+        if augmenting:
+            assert augment is not None and augment_key is not None  # for the type checker
+            xb = augment_lib.augment_batch(augment, jax.random.fold_in(augment_key, t), xb)
+        st, metrics = steps.train_step(st, mask, (xb, y[idx]), frozen)
         return st, metrics["loss"]
 
     return jax.lax.scan(body, state, start + jnp.arange(length))
@@ -191,7 +215,8 @@ def _vectorise(fn: Any, in_axes: tuple[Any, ...], ticket_batch_size: int | None)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("steps", "length", "batch_size", "tickets", "ticket_batch_size")
+    jax.jit,
+    static_argnames=("steps", "length", "batch_size", "tickets", "ticket_batch_size", "augment"),
 )
 def train_chunk(
     steps: Steps,
@@ -207,18 +232,28 @@ def train_chunk(
     batch_size: int,
     tickets: bool = False,
     ticket_batch_size: int | None = None,
+    augment: augment_lib.Augment | None = None,
+    augment_key: Key | None = None,
 ) -> tuple[TrainState, Array]:
     """Train ``length`` steps from step ``start`` (one compiled ``lax.scan``); returns the losses.
 
     With ``tickets=True``, ``state``, ``mask`` and ``frozen`` carry a leading ticket axis, and so
-    does ``data_key`` when it holds one key per ticket (per-ticket data order).
+    does ``data_key`` when it holds one key per ticket (per-ticket data order), and
+    ``augment_key`` likewise. ``augment`` (static) augments the batch of step ``t`` with the
+    draws of ``fold_in(augment_key, t)`` (``augment_key=None``: ``fold_in(data_key,
+    AUGMENT_STREAM)``); the inputs are not checked here (:func:`fit` checks them).
     """
+    impl = functools.partial(
+        _chunk_impl, steps, length=length, batch_size=batch_size, augment=augment
+    )
     if not tickets:
-        return _chunk_impl(steps, state, mask, frozen, x, y, data_key, start, length, batch_size)
+        return impl(state, mask, frozen, x, y, data_key, start, augment_key)
     key_axis = 0 if jnp.ndim(data_key) == 1 else None
-    one = functools.partial(_chunk_impl, steps, length=length, batch_size=batch_size)
-    many = _vectorise(one, (0, 0, 0, None, None, key_axis, None), ticket_batch_size)
-    return many(state, mask, frozen, x, y, data_key, start)
+    aug_axis = 0 if augment_key is not None and jnp.ndim(augment_key) == 1 else None
+    in_axes = (0, 0, 0, None, None, key_axis, None, aug_axis)
+    return _vectorise(impl, in_axes, ticket_batch_size)(
+        state, mask, frozen, x, y, data_key, start, augment_key
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "eval_batch", "tickets", "ticket_batch_size"))
@@ -409,6 +444,9 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     check_finite: bool = True,
+    augment: augment_lib.Augment | None = None,
+    augment_key: Key | None = None,
+    start: int = 0,
 ) -> tuple[TrainState, History]:
     """Train for ``iterations`` steps, evaluating on ``val`` and ``test`` every ``eval_every``.
 
@@ -436,6 +474,22 @@ def fit(
         is checked on the host (no copy on a CPU), and each chunk by the mean loss the
         :class:`History` records anyway, read where the loop waits for the chunk. ``False``
         trains on regardless (the :class:`History` then records the NaNs).
+      augment: random crops and flips of the training batches (:class:`jaxprune.data.Augment`),
+        done on the device inside the step; the batch of step ``t`` uses the draws of
+        ``fold_in(augment_key, t)``. ``train[0]`` must then be an NHWC batch of images larger
+        than the padding (checked before anything is computed). ``None``: no augmentation.
+        Evaluation never augments.
+      augment_key: one typed key (every ticket draws the same augmentations) or one per ticket;
+        ``None``: ``fold_in(data_key, AUGMENT_STREAM)`` (per ticket when ``data_key`` is). Only
+        with ``augment``.
+      start: the global index of this fit's first step, for the data order and the
+        augmentation (``History.iteration`` counts from it too). A fit of ``n`` steps with
+        ``start=s`` from the state a fit of ``s`` steps returned is the continuation of that
+        fit: the state carries everything else (params, optimizer state with its step counts
+        and schedules, ``state.step``, running statistics). Results equal those of one
+        uninterrupted fit up to floating-point rounding when the chunks differ (``eval_every``
+        not dividing ``s``: XLA may compile a scan of another length differently), and the
+        :class:`History` (early stopping included) covers this fit's evaluations only.
 
     Returns:
       The final state and the :class:`History` of evaluations (host numpy arrays).
@@ -451,6 +505,7 @@ def fit(
         ("eval_batch", eval_batch),
     ):
         _checks.check_positive_int(value, name=name)
+    _checks.check_nonnegative_int(start, name="start")
     if ticket_batch_size is not None:
         _checks.check_positive_int(ticket_batch_size, name="ticket_batch_size")
     _checks.check_params(state.params, name="state.params")
@@ -461,6 +516,7 @@ def fit(
     trees = {"state.params": state.params, "frozen": frozen, "state.model_state": state.model_state}
     n = _ticket_count(state, {**trees, "mask": mask}, tickets)
     _checks.check_keys(data_key, name="data_key", count=n)
+    _check_augment(augment, augment_key, train, n)
     splits = {
         name: _checks.check_batch(pair, name=name)
         for name, pair in (("train", train), ("val", val), ("test", test))
@@ -479,8 +535,14 @@ def fit(
         state, mask, frozen = shard_tickets((state, mask, frozen), mesh)
         if jnp.ndim(data_key) == 1:
             data_key = shard_tickets(data_key, mesh)
+        if augment_key is not None and jnp.ndim(augment_key) == 1:
+            augment_key = shard_tickets(augment_key, mesh)
     (xt, yt), (xv, yv), (xs, ys) = splits.values()
     common = {"tickets": tickets, "ticket_batch_size": ticket_batch_size}
+    if augment is not None:  # passed only when set: the programs of a plain fit stay unchanged
+        augmenting = {"augment": augment, "augment_key": augment_key}
+    else:
+        augmenting = {}
     records: list[tuple[int, Array, Array, Array, Array, Array]] = []
     done = 0
     with tqdm(total=iterations, desc=desc, unit="step", disable=not progress, leave=False) as bar:
@@ -494,10 +556,11 @@ def fit(
                 xt,
                 yt,
                 data_key,
-                jnp.int32(done),
+                jnp.int32(start + done),
                 length=length,
                 batch_size=batch_size,
                 **common,
+                **augmenting,
             )
             # Dispatched before the evaluations, so that check_finite, reading it, waits for the
             # chunk only (as block_until_ready does), not for the evaluations.
@@ -507,14 +570,35 @@ def fit(
                 ev["model_state"] = state.model_state
             v = evaluate(steps, state.params, mask, frozen, xv, yv, **ev)
             t = evaluate(steps, state.params, mask, frozen, xs, ys, **ev)
-            records.append((done + length, train_loss, *v, *t))
+            records.append((start + done + length, train_loss, *v, *t))
             if check_finite:
-                _check_finite_losses(train_loss, losses, done, n)
+                _check_finite_losses(train_loss, losses, start + done, n)
             else:
                 jax.block_until_ready(losses)
             done += length
             bar.update(length)
     return state, _history(records)
+
+
+def _check_augment(
+    augment: Any, augment_key: Key | None, train: tuple[Any, Any], n: int | None
+) -> None:
+    """Refuse an augmentation setting that does not suit the training images, before training."""
+    if augment is None:
+        if augment_key is not None:
+            raise ValueError(
+                "augment_key was given but augment is None: the key would go unused; pass "
+                "augment=jaxprune.data.Augment(...) or drop augment_key."
+            )
+        return
+    if not isinstance(augment, augment_lib.Augment):
+        raise ValueError(
+            f"augment must be a jaxprune.data.Augment or None, got {type(augment).__name__}."
+        )
+    if augment_key is not None:
+        _checks.check_keys(augment_key, name="augment_key", count=n)
+    if isinstance(train, tuple | list) and len(train) == 2:
+        augment.check_images(np.shape(train[0]), name="train[0] (x)")
 
 
 def _history(records: list[tuple[int, Array, Array, Array, Array, Array]]) -> History:
