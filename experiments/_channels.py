@@ -4,16 +4,18 @@ Models with batch norm (``vgg*``, ``resnet*``) trained by SGD with momentum, wei
 step schedule (the CIFAR recipe of Liu et al. 2017/2019 and You et al. 2020: the learning rate
 divided by 10 at 50% and 75% of the run), several seeds as one vmapped program.
 
-The learning rate is a hyperparameter held in the optimizer state (``optax.inject_hyperparams``),
-set before each constant-rate *phase* of a run. So one compiled training program serves every
-phase and every arm (fine-tune, Scratch-E, Scratch-B) of an architecture; only a new
-architecture (another set of kept widths) compiles anew.
+The schedule lives inside the optimizer (:func:`jaxprune.train.sgd` of a
+:func:`jaxprune.train.step_decay`): the rate of every step is computed in the compiled step from
+the step count in the optimizer state, so a run is one fit, with no host-side phases. The
+schedule's numbers (rate, milestones, factor) are data in that state, set at the start of each
+run (:func:`jaxprune.train.set_schedule`), so one compiled training program serves every arm
+(fine-tune, Scratch-E, Scratch-B: runs of different lengths and rates) of an architecture; only
+a new architecture (another set of kept widths) compiles anew.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -26,12 +28,8 @@ from jaxprune import data, masks, metrics, models, structured, train
 MILESTONES = (0.5, 0.75)
 """Fractions of a run at which the learning rate is divided by 10 (Liu et al.; You et al.)."""
 
-
-class Phase(NamedTuple):
-    """``iterations`` steps at learning rate ``lr``."""
-
-    iterations: int
-    lr: float
+MIN_ITERATIONS = 3
+"""The shortest run whose two milestones fit strictly inside it (steps 1 and 2 of 3)."""
 
 
 class Nets(NamedTuple):
@@ -43,48 +41,58 @@ class Nets(NamedTuple):
     model_state: Any  # stacked over tickets
 
 
-def schedule(iterations: int, lr: float, eval_every: int) -> list[Phase]:
-    """The step schedule as constant phases: ``lr``, then ÷10 at each of :data:`MILESTONES`.
-
-    Boundaries are rounded to a multiple of ``eval_every`` (so every phase reuses the compiled
-    evaluation chunk); phases that round to zero steps are dropped.
+def milestones(iterations: int) -> tuple[int, ...]:
+    """The steps of :data:`MILESTONES` in a run of ``iterations``: ``⌊f · iterations⌋``.
 
     Example:
-      >>> schedule(800, 0.1, 100)
-      [Phase(iterations=400, lr=0.1), Phase(iterations=200, lr=0.01), Phase(iterations=200, lr=0.001)]
+      >>> milestones(800), milestones(300)
+      ((400, 600), (150, 225))
     """
-    cuts = [0]
-    for m in MILESTONES:
-        cuts.append(min(iterations, max(cuts[-1], round(m * iterations / eval_every) * eval_every)))
-    cuts.append(iterations)
-    return [Phase(b - a, lr / 10**i) for i, (a, b) in enumerate(itertools.pairwise(cuts)) if b > a]
+    return tuple(int(f * iterations) for f in MILESTONES)
+
+
+def schedule(iterations: int, lr: float) -> train.StepDecay:
+    """The step schedule of a run: ``lr``, ÷10 at each of :data:`MILESTONES` (a
+    :func:`jaxprune.train.step_decay`; refused for runs shorter than :data:`MIN_ITERATIONS`).
+
+    Example:
+      >>> s = schedule(8, 0.1)
+      >>> [round(float(s(t)), 6) for t in range(8)]
+      [0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    """
+    return train.step_decay(lr, milestones(iterations), iterations=iterations)
+
+
+def constant(iterations: int, lr: float) -> train.StepDecay:
+    """A constant rate ``lr`` for ``iterations`` steps, as a step schedule of factor 1: the same
+    form (two milestones) as :func:`schedule`, so fine-tuning shares the training program."""
+    return train.step_decay(lr, milestones(iterations), iterations=iterations, factor=1.0)
+
+
+# Any schedule of this form serves to build the optimizer: each fit sets its own run's schedule
+# in the state (with_schedule) before training.
+_FORM = train.step_decay(1.0, milestones(MIN_ITERATIONS), iterations=MIN_ITERATIONS)
 
 
 def optimizer(
     momentum: float, weight_decay: float, penalty: float = 0.0
 ) -> optax.GradientTransformation:
-    """SGD with momentum and weight decay (and Network Slimming's penalty on BN scales when
-    ``penalty > 0``); the learning rate lives in the state, set per phase by :func:`set_lr`."""
-
-    def make(learning_rate: Any) -> optax.GradientTransformation:
-        parts = [
-            optax.add_decayed_weights(weight_decay),
-            optax.sgd(learning_rate, momentum=momentum),
-        ]
-        if penalty > 0:
-            parts.insert(0, structured.slimming_penalty(penalty))
-        return optax.chain(*parts)
-
-    return optax.inject_hyperparams(make)(learning_rate=0.0)
+    """SGD with momentum and coupled weight decay (:func:`jaxprune.train.sgd`), and Network
+    Slimming's penalty on BN scales when ``penalty > 0``; its step schedule is set per run by
+    :func:`with_schedule`."""
+    sgd = train.sgd(_FORM, momentum=momentum, weight_decay=weight_decay)
+    if penalty > 0:
+        return optax.chain(structured.slimming_penalty(penalty), sgd)
+    return sgd
 
 
-def set_lr(state: train.TrainState, lr: float) -> train.TrainState:
-    """The same state with every ticket's learning rate set to ``lr``."""
-    n = int(jax.tree.leaves(state.params)[0].shape[0])
-    # A committed float32 array (not a weakly typed one): every phase then hits the same
-    # compiled training program.
-    rate = jax.device_put(np.full((n,), lr, np.float32), jax.devices()[0])
-    opt_state = optax.tree_utils.tree_set(state.opt_state, learning_rate=rate)
+def with_schedule(
+    state: train.TrainState, schedule: train.StepDecay, step: int = 0
+) -> train.TrainState:
+    """The same state with every ticket's schedule set to ``schedule``, its count to ``step``."""
+    opt_state = train.set_schedule(state.opt_state, schedule, step=step)
+    # Committed arrays on the first device, like the states fits return: every run then hits the
+    # same compiled training program.
     return state._replace(opt_state=jax.device_put(opt_state, jax.devices()[0]))
 
 
@@ -137,7 +145,7 @@ def fit(
     s: train.Steps,
     state: train.TrainState,
     ds: data.Dataset,
-    phases: Sequence[Phase],
+    schedule: train.StepDecay,
     *,
     batch_size: int,
     eval_every: int,
@@ -145,45 +153,50 @@ def fit(
     progress: bool,
     desc: str,
     on_eval: Callable[[train.TrainState, int], None] | None = None,
+    start: int = 0,
 ) -> tuple[train.TrainState, train.History]:
-    """Train stacked tickets through ``phases``; the histories joined as one (early stop over all).
+    """Train stacked tickets from step ``start`` to the end of ``schedule`` (its
+    ``iterations``): one run, its rate set by the schedule inside the step.
 
+    ``start > 0`` resumes a run there: the schedule continues at its rate of step ``start`` and
+    the data order is that of one uninterrupted run (``train.fit(..., start=)``).
     ``on_eval(state, iteration)`` is called at every evaluation when given (then each
-    evaluation interval is its own fit call, still one compiled chunk).
+    evaluation interval is its own fit call, still one compiled chunk; the schedule's count, in
+    the optimizer state, carries on across them). The history counts iterations from 0 of the
+    whole run; early stop is over the evaluations of this call.
     """
     n = int(jax.tree.leaves(state.params)[0].shape[0])
     mesh = train.mesh_for(n)
     ones = jax.vmap(masks.ones)(state.params)
-    parts: list[tuple[int, train.History]] = []
-    done = 0
-    for i, phase in enumerate(phases):
-        state = set_lr(state, phase.lr)
-        pieces = [phase.iterations] if on_eval is None else _pieces(phase.iterations, eval_every)
-        for j, length in enumerate(pieces):
-            state, hist = train.fit(
-                s, state, ones, ds.train, ds.val, ds.test, iterations=length,
-                batch_size=batch_size, eval_every=min(eval_every, length),
-                data_key=jax.random.fold_in(data_key, 1000 * i + j), tickets=True, mesh=mesh,
-                progress=progress, desc=desc,
-            )  # fmt: skip
-            state = jax.device_put(state, jax.devices()[0])
-            parts.append((done, hist))
-            done += length
-            if on_eval is not None:
-                on_eval(state, done)
-    return state, join(parts)
+    state = with_schedule(state, schedule, start)
+    total = schedule.iterations - start
+    pieces = [total] if on_eval is None else _pieces(total, eval_every)
+    hists: list[train.History] = []
+    done = start
+    for length in pieces:
+        state, hist = train.fit(
+            s, state, ones, ds.train, ds.val, ds.test, iterations=length,
+            batch_size=batch_size, eval_every=min(eval_every, length), data_key=data_key,
+            start=done, tickets=True, mesh=mesh, progress=progress, desc=desc,
+        )  # fmt: skip
+        state = jax.device_put(state, jax.devices()[0])
+        hists.append(hist)
+        done += length
+        if on_eval is not None:
+            on_eval(state, done)
+    return state, join(hists)
 
 
 def _pieces(iterations: int, every: int) -> list[int]:
     return [every] * (iterations // every) + [iterations % every] * (iterations % every > 0)
 
 
-def join(parts: Sequence[tuple[int, train.History]]) -> train.History:
-    """Histories of consecutive fits (each with its iteration offset) as one; early stop = the
-    evaluation of least validation loss over all of them."""
-    it = np.concatenate([off + h.iteration for off, h in parts])
+def join(hists: Sequence[train.History]) -> train.History:
+    """Histories of consecutive fits as one; early stop = the evaluation of least validation
+    loss over all of them."""
+    it = np.concatenate([h.iteration for h in hists])
     cols = {
-        f: np.concatenate([getattr(h, f) for _, h in parts], axis=-1)
+        f: np.concatenate([getattr(h, f) for h in hists], axis=-1)
         for f in ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc")
     }
     best = np.argmin(cols["val_loss"], axis=-1)

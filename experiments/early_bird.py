@@ -153,6 +153,8 @@ def validate(cfg: Config) -> None:
     """Raise ``ValueError`` naming the flag of any bad setting, before anything is trained."""
     _study.check_common(cfg, batch_norm=True)
     _study.check_at_least(cfg, 0, "mask_every")
+    # The step schedule's two milestones must lie strictly inside the run.
+    _study.check_at_least(cfg, _channels.MIN_ITERATIONS, "iterations")
     _study.check_at_least(cfg, 2, "window")
     if not cfg.width > 0:
         _study.fail("width", "> 0", cfg.width)
@@ -270,22 +272,6 @@ def mask_interval(cfg: Config, ds: data.Dataset) -> int:
     return cfg.mask_every or max(len(ds.train.y) // cfg.batch_size, 1)
 
 
-def remaining(phases: Sequence[_channels.Phase], start: int) -> list[_channels.Phase]:
-    """The phases of a schedule from iteration ``start`` on: what a run resumed there still trains.
-
-    Example:
-      >>> Phase = _channels.Phase
-      >>> remaining([Phase(400, 0.1), Phase(200, 0.01), Phase(200, 0.001)], 450)
-      [Phase(iterations=150, lr=0.01), Phase(iterations=200, lr=0.001)]
-    """
-    out, end = [], 0
-    for phase in phases:
-        begin, end = end, end + phase.iterations
-        if end > start:
-            out.append(_channels.Phase(end - max(begin, start), phase.lr))
-    return out
-
-
 def scored_groups(groups: Sequence[structured.ChannelGroup]) -> tuple[structured.ChannelGroup, ...]:
     """The groups produced by a convolution: the official code ranks ``BatchNorm2d`` scales only."""
     return tuple(g for g in groups if g.kernel[-2].startswith("conv"))
@@ -365,9 +351,8 @@ def _search(
             found[seed, r] = len(history) - 1
             snaps[(int(seed), int(r))] = _snapshot(st, int(seed))
 
-    phases = _channels.schedule(cfg.iterations, cfg.lr, every)
     state, hist = _channels.fit(
-        s, state, ds, phases, batch_size=cfg.batch_size, eval_every=every,
+        s, state, ds, _channels.schedule(cfg.iterations, cfg.lr), batch_size=cfg.batch_size, eval_every=every,
         data_key=jax.random.fold_in(root, 0), progress=progress,
         desc=f"search: dense ({n_seeds} seeds)", on_eval=on_eval,
     )  # fmt: skip
@@ -547,14 +532,17 @@ def _retrain(ctx: _Ctx, search: Search, tickets: Any, r: int, arm: str,
         nets = _channels.Nets(modules, apply_fn, train.stack(params), train.stack(states))
         steps = _channels.steps(apply_fn, cfg.momentum, cfg.weight_decay, cfg.retrain_penalty)
         state = _channels.init_state(steps, nets)
-        phases = remaining(_channels.schedule(cfg.iterations, cfg.lr, ctx.every), start)
-        if phases:
+        if start < cfg.iterations:
+            # A resumed run: the schedule goes on at its rate of step `start` (the count in the
+            # optimizer state), the data in the order of one run from 0.
             state, hist = _channels.fit(
-                steps, state, ctx.ds, phases, batch_size=cfg.batch_size, eval_every=ctx.every,
+                steps, state, ctx.ds, _channels.schedule(cfg.iterations, cfg.lr),
+                batch_size=cfg.batch_size, eval_every=ctx.every,
                 data_key=jax.random.fold_in(ctx.root, 1 + (arm == "eb_scratch")),
                 progress=ctx.progress, desc=f"p={cfg.ratios[r]:g} {arm} ({len(members)} seeds)",
+                start=start,
             )  # fmt: skip
-            cols = [sweep.history_columns(hist, i, start) for i in range(len(members))]
+            cols = [sweep.history_columns(hist, i) for i in range(len(members))]
         else:  # the ticket was drawn at the last iteration: nothing left to train
             acc = _channels.test_accuracy(steps, state, ctx.ds)
             cols = [_untrained_cols(float(a), start) for a in acc]

@@ -187,9 +187,9 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
             apply_fn,
             w_final,
             batch,
-            method=cfg.hessian,
+            method=cfg.hessian,  # type: ignore[arg-type]
             probes=cfg.probes,
-            key=key,  # type: ignore[arg-type]
+            key=key,
         )
 
     t = table(cfg)

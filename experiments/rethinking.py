@@ -128,7 +128,10 @@ HELP = {
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` for any bad setting, before anything is trained."""
     _study.check_common(cfg, batch_norm=True)
-    _study.check_at_least(cfg, 1, "finetune_iterations", "min_keep")
+    _study.check_at_least(cfg, 1, "min_keep")
+    # The step schedule's two milestones must lie strictly inside every run (fine-tuning's
+    # constant rate takes the same form, so that all arms share one training program).
+    _study.check_at_least(cfg, _channels.MIN_ITERATIONS, "iterations", "finetune_iterations")
     for name in ("width", "finetune_lr"):
         if not getattr(cfg, name) > 0:
             _study.fail(name, "> 0", getattr(cfg, name))
@@ -275,8 +278,7 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
             s = _channels.steps(nets.apply_fn, cfg.momentum, cfg.weight_decay, penalty)
             t0 = time.time()
             state, hist = _channels.fit(
-                s, _channels.init_state(s, nets), ds,
-                _channels.schedule(cfg.iterations, cfg.lr, cfg.eval_every),
+                s, _channels.init_state(s, nets), ds, _channels.schedule(cfg.iterations, cfg.lr),
                 batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                 data_key=jax.random.fold_in(key, 0), progress=progress,
                 desc=f"dense ({method}, {cfg.seeds} seeds)",
@@ -355,19 +357,18 @@ def _prune_and_retrain(
         tag = f"{method} {ratio:g}" + (f" arch {g + 1}/{len(by_arch)}" if len(by_arch) > 1 else "")
         pruned_acc = _channels.test_accuracy(s, _channels.init_state(s, inherited), ds)
         arms: list[tuple[str, int, Any, float]] = [("pruned", 0, None, 0.0)]
-        for arm, nets_, phases in (
-            ("fine_tune", inherited,
-             [_channels.Phase(cfg.finetune_iterations, cfg.finetune_lr)]),
-            ("scratch_e", fresh, _channels.schedule(cfg.iterations, cfg.lr, cfg.eval_every)),
-            ("scratch_b", fresh, _channels.schedule(budget, cfg.lr, cfg.eval_every)),
+        for arm, nets_, sched in (
+            ("fine_tune", inherited, _channels.constant(cfg.finetune_iterations, cfg.finetune_lr)),
+            ("scratch_e", fresh, _channels.schedule(cfg.iterations, cfg.lr)),
+            ("scratch_b", fresh, _channels.schedule(budget, cfg.lr)),
         ):  # fmt: skip
             t0 = time.time()
             _, hist = _channels.fit(
-                s, _channels.init_state(s, nets_), ds, phases, data_key=jax.random.fold_in(key, g),
+                s, _channels.init_state(s, nets_), ds, sched, data_key=jax.random.fold_in(key, g),
                 desc=f"{tag}: {arm} ({len(seeds)} seeds)", batch_size=cfg.batch_size,
                 eval_every=cfg.eval_every, progress=progress,
             )  # fmt: skip
-            arms.append((arm, sum(p.iterations for p in phases), hist, time.time() - t0))
+            arms.append((arm, sched.iterations, hist, time.time() - t0))
         for arm, iterations, hist, seconds in arms:
             for t, i in enumerate(seeds):
                 accs = (

@@ -2,7 +2,7 @@
 
 Checked against numbers computed another way: the rule against a brute-force copy of the
 official FIFO (``EarlyBird`` in GATECH-EIC/Early-Bird-Tickets ``main.py``), distances against
-numpy loops and ``masks.hamming``, the continued schedule against a per-iteration expansion,
+numpy loops and ``masks.hamming``, the resumed schedule's rate per update against one written by hand,
 the saved masks against a numpy global threshold of the snapshot's |γ|, compacted sizes against
 ``structured.compacted_param_count`` and FLOPs counted by hand from the kept widths.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from experiments import _channels, early_bird
@@ -108,12 +109,23 @@ def test_distance_matrix_matches_numpy_and_hamming():
 
 
 @pytest.mark.parametrize("start", [0, 1, 17, 36, 53, 54, 71, 72, 90, 107])
-def test_remaining_schedule_is_the_tail_of_the_full_one(start):
-    full = _channels.schedule(108, 0.1, 18)
-    per_iteration = [ph.lr for ph in full for _ in range(ph.iterations)]
-    tail = [ph.lr for ph in early_bird.remaining(full, start) for _ in range(ph.iterations)]
-    assert tail == per_iteration[start:]
-    assert early_bird.remaining(full, 108) == []
+def test_a_run_resumed_at_start_continues_the_schedule(start):
+    # eb_continue resumes the schedule at `start`: the rate of each update it makes must be the
+    # full run's rate of that step, by hand 0.1 before step 54 (= 108/2), 0.01 before 81, then
+    # 0.001; read from the optimizer state after every update.
+    opt = _channels.optimizer(0.9, 1e-4)
+    params = {"w": jax.numpy.ones(3)}
+    st = train.TrainState(params, opt.init(params), jax.numpy.zeros((), jax.numpy.int32))
+    st = _channels.with_schedule(st, _channels.schedule(108, 0.1), start)
+    opt_state = st.opt_state
+    update = jax.jit(opt.update)
+    got = []
+    for _ in range(start, 108):
+        _, opt_state = update({"w": jax.numpy.ones(3)}, opt_state, params)
+        got.append(float(optax.tree_utils.tree_get(opt_state, "learning_rate")))
+    t = np.arange(start, 108)
+    want = np.where(t < 54, 0.1, np.where(t < 81, 0.01, 0.001))
+    np.testing.assert_allclose(got, want, rtol=1e-6)  # float32 rounding of 0.1·0.1^i
 
 
 def test_train_cost_by_hand():

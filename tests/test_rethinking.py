@@ -20,14 +20,18 @@ def test_scratch_b_budget_is_the_flops_ratio_to_a_whole_evaluation() -> None:
     assert rethinking.scratch_b_iterations(100, 0.01, 50) == 50  # never less than one evaluation
 
 
-def test_schedule_divides_by_ten_at_half_and_three_quarters() -> None:
-    phases = _channels.schedule(1000, 0.1, 50)
-    steps = np.concatenate([np.full(p.iterations, p.lr) for p in phases])
-    t = np.arange(1000)
-    want = 0.1 * np.where(t < 500, 1.0, np.where(t < 750, 0.1, 0.01))
-    np.testing.assert_allclose(steps, want)
-    # Boundaries round to an evaluation: 0.5·300 = 150 → 160, 0.75·300 = 225 → 220.
-    assert [p.iterations for p in _channels.schedule(300, 1.0, 20)] == [160, 60, 80]
+@pytest.mark.parametrize("iterations", [1000, 300, 7, 3])
+def test_schedule_divides_by_ten_at_half_and_three_quarters(iterations: int) -> None:
+    sched = _channels.schedule(iterations, 0.1)
+    got = np.asarray(sched(jnp.arange(iterations)))
+    # By hand: step t (from 0) runs at 0.1 before ⌊0.5 n⌋, 0.01 before ⌊0.75 n⌋, then 0.001.
+    t = np.arange(iterations)
+    want = np.where(t < iterations // 2, 0.1, np.where(t < (3 * iterations) // 4, 0.01, 0.001))
+    np.testing.assert_allclose(got, want, rtol=1e-6)  # float32 rounding of 0.1·0.1^i
+    constant = _channels.constant(iterations, 0.5)
+    np.testing.assert_allclose(constant(jnp.arange(iterations)), 0.5, rtol=0)
+    with pytest.raises(ValueError, match="milestones"):
+        _channels.schedule(2, 0.1)  # too short for two milestones inside the run
 
 
 def _vgg(seed: int = 0):

@@ -14,6 +14,10 @@ from jaxprune.train.loop import stack as stack
 from jaxprune.train.loop import ticket_mesh as ticket_mesh
 from jaxprune.train.loop import train_chunk as train_chunk
 from jaxprune.train.loop import unstack as unstack
+from jaxprune.train.optim import StepDecay as StepDecay
+from jaxprune.train.optim import set_schedule as set_schedule
+from jaxprune.train.optim import sgd as sgd
+from jaxprune.train.optim import step_decay as step_decay
 from jaxprune.train.step import MODES as MODES
 from jaxprune.train.step import MaskedSteps as MaskedSteps
 from jaxprune.train.step import Steps as Steps
@@ -27,6 +31,7 @@ __all__ = [
     "CompileCount",
     "History",
     "MaskedSteps",
+    "StepDecay",
     "Steps",
     "TrainState",
     "checkpoint",
@@ -37,8 +42,11 @@ __all__ = [
     "fit",
     "make_steps",
     "mesh_for",
+    "set_schedule",
+    "sgd",
     "shard_tickets",
     "stack",
+    "step_decay",
     "ticket_mesh",
     "train_chunk",
     "unstack",

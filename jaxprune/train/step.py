@@ -51,6 +51,7 @@ from typing import Literal, NamedTuple, Protocol, cast
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import DTypeLike
 
 from jaxprune import _checks
 from jaxprune._types import Array, Key, Mask, Params, PyTree
@@ -209,6 +210,13 @@ def check_hashable(value: object, *, name: str) -> None:
         ) from None
 
 
+def _cast_floats(tree: PyTree, dtype: DTypeLike) -> PyTree:
+    """Floating leaves cast to ``dtype``; others (token ids, counts) unchanged."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
+    )
+
+
 def _mask_tree(tree: PyTree, mask: Mask) -> PyTree:
     return jax.tree.map(lambda t, m: jnp.where(m, t, jnp.zeros_like(t)), tree, mask)
 
@@ -220,6 +228,7 @@ def make_steps(
     mode: Mode = "zero",
     loss_fn: LossFn = cross_entropy,
     stateful: bool = False,
+    compute_dtype: DTypeLike | None = None,
 ) -> MaskedSteps:
     """Steps that train the weights under a mask: ``init``, ``train_step`` and ``eval_step``.
 
@@ -232,6 +241,12 @@ def make_steps(
       mode: ``"zero"`` or ``"forward"`` (see the module docstring).
       loss_fn: ``loss_fn(logits, labels) -> scalar``; default :func:`cross_entropy`.
       stateful: whether ``apply_fn`` has the stateful signature (models with batch norm).
+      compute_dtype: mixed precision, e.g. ``jnp.bfloat16``: the forward and backward passes
+        (training and evaluation) run on the floating params and inputs cast to this dtype, and
+        the logits are cast back to float32 for the loss. The params, the gradients handed to
+        the optimizer (the cast's derivative returns them in the params' dtype) and the optimizer
+        state stay in the params' dtype (float32 master weights); the model state (batch-norm
+        statistics) keeps its dtype. ``None``: no cast.
 
     Returns:
       :class:`MaskedSteps`, following the :class:`Steps` protocol. ``init(params,
@@ -261,7 +276,7 @@ def make_steps(
       >>> sorted(steps.eval_step(state.params, mask, batch, model_state=state.model_state))
       ['correct', 'loss']
     """
-    return MaskedSteps(apply_fn, optimizer, mode, loss_fn, stateful)
+    return MaskedSteps(apply_fn, optimizer, mode, loss_fn, stateful, compute_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,18 +292,42 @@ class MaskedSteps:
     mode: Mode = "zero"
     loss_fn: LossFn = cross_entropy
     stateful: bool = False
+    compute_dtype: DTypeLike | None = None
 
     def __post_init__(self) -> None:
         _checks.check_choice(self.mode, MODES, name="mode")
         for name in ("apply_fn", "optimizer", "loss_fn"):
             check_hashable(getattr(self, name), name=name)
+        if self.compute_dtype is not None:
+            # One canonical value (np.dtype), so jnp.bfloat16 and "bfloat16" give equal steps.
+            dtype = jnp.dtype(self.compute_dtype)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise ValueError(
+                    "compute_dtype must be a floating dtype (e.g. jnp.bfloat16) or None, got "
+                    f"{self.compute_dtype!r}."
+                )
+            object.__setattr__(self, "compute_dtype", dtype)
 
     def _forward(
         self, params: Params, model_state: PyTree, x: Array, train: bool
     ) -> tuple[Array, PyTree]:
+        if self.compute_dtype is not None:
+            params, x = _cast_floats((params, x), self.compute_dtype)
         if self.stateful:
-            return cast(StatefulApplyFn, self.apply_fn)(params, model_state, x, train=train)
-        return cast(ApplyFn, self.apply_fn)(params, x), model_state
+            logits, new_state = cast(StatefulApplyFn, self.apply_fn)(
+                params, model_state, x, train=train
+            )
+            if self.compute_dtype is not None:
+                # The running statistics keep their dtype (the scan's carry must not change).
+                new_state = jax.tree.map(
+                    lambda n, o: n.astype(jnp.result_type(o)), new_state, model_state
+                )
+        else:
+            logits = cast(ApplyFn, self.apply_fn)(params, x)
+            new_state = model_state
+        if self.compute_dtype is not None:
+            logits = logits.astype(jnp.float32)
+        return logits, new_state
 
     def init(
         self, params: Params, model_state: PyTree | None = None, *, key: Key | None = None
