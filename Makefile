@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench bench-structured clean
+.PHONY: run test test-slow lint bench bench-structured bench-accelerator clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) >&2
@@ -37,6 +37,11 @@ bench: $(STAMP)
 # Masked vs compacted VGG-16 inference (docs/structured.md), about a minute.
 bench-structured: $(STAMP)
 	@$(PY) -m benchmarks.structured
+
+# Many tickets on whatever accelerator is present (GPU/TPU; CPU works too, slowly): JSON on stdout,
+# at most about 5 minutes on an H200 (docs/benchmarks.md). `--smoke` runs it at toy sizes.
+bench-accelerator: $(STAMP)
+	@$(PY) -m benchmarks.accelerator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

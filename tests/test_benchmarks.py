@@ -6,14 +6,18 @@ time: the benchmark measures, the tests do not judge the measurements.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks import engine, structured
+from benchmarks import accelerator, engine, structured
 
 SECTIONS = {
     "machine",
@@ -102,3 +106,43 @@ def test_structured_benchmark_reports_masked_and_compacted() -> None:
     assert row["theoretical_speedup"] == pytest.approx(row["flops_dense"] / row["flops_compacted"])
     for key in ("seconds_dense", "seconds_masked", "seconds_compacted"):
         assert math.isfinite(row[key]) and row[key] > 0
+
+
+@pytest.mark.slow
+def test_accelerator_smoke_prints_pure_json_with_every_count_and_dtype() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.accelerator", "--smoke"],
+        cwd=root, capture_output=True, text=True, timeout=900, check=True,
+    )  # fmt: skip
+    out = json.loads(proc.stdout)  # stdout is the JSON alone; progress went to stderr
+    assert out["skipped"] == []
+    cfg = accelerator.SMOKE
+    for model, counts in (("lenet", cfg.lenet_tickets), ("resnet20", cfg.resnet_tickets)):
+        for dtype in cfg.dtypes:
+            rows = out[model][dtype]["tickets"]
+            assert sorted(rows, key=int) == [str(n) for n in counts]
+            single = rows["1"]["ticket_steps_per_s"]
+            for row in rows.values():
+                assert math.isfinite(row["ticket_steps_per_s"]) and row["ticket_steps_per_s"] > 0
+                # The speedup is the N-ticket rate over the single-ticket rate of the same run.
+                assert row["speedup"] == pytest.approx(row["ticket_steps_per_s"] / single)
+                if "tflops" in row:  # XLA's FLOPs per ticket-step × ticket-steps/s
+                    flops = out[model][dtype]["train_step_flops_xla"]
+                    assert row["tflops"] == pytest.approx(flops * row["ticket_steps_per_s"] / 1e12)
+                    peak = out["peak_tflops"][dtype]["measured"]
+                    assert row["fraction_of_peak"]["measured"] == pytest.approx(
+                        row["tflops"] / peak
+                    )
+    assert out["resnet20"]["augment"] == {"crop_padding": 4, "flip": True, "fill": 0.0}
+    assert out["vgg16_inference"]["results"]
+
+
+def test_accelerator_budget_skips_every_measurement_past_it() -> None:
+    cfg = dataclasses.replace(accelerator.SMOKE, budget_s=1e-9, dtypes=("float32",), peak_size=64)
+    out = accelerator.run(cfg)
+    expected = [f"{m} float32 N={n}" for m, ns in
+                (("lenet300_100", cfg.lenet_tickets), ("resnet20", cfg.resnet_tickets))
+                for n in ns] + ["vgg16_inference"]  # fmt: skip
+    assert out["skipped"] == expected
+    assert "float32" not in out["lenet"] and json.loads(json.dumps(out)) == out
