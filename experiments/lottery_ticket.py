@@ -20,6 +20,13 @@ Presets (``--preset``; any setting can be overridden, see ``--help``):
 * ``cifar10_conv2`` / ``cifar10_conv4`` / ``cifar10_conv6`` — conv 10% / 10% / 15%, fc 20%,
   out 10%; Adam 2e-4 / 3e-4 / 3e-4; 20k / 25k / 30k iterations. Expected: tickets up to ≈ 3.4
   points above dense at moderate density; reinit and random masks lose that gain.
+* ``cifar10_resnet20`` / ``cifar10_vgg16`` — open_lth's recipe (RESEARCH.md §9): batch norm,
+  SGD 0.1 (momentum 0.9, weight decay 1e-4), batch 128, 160 epochs (56,160 iterations) with
+  × 0.1 at epochs 80 and 120, 4-px crop + flip, per-channel normalisation, one global 20%
+  threshold per level (VGG-16: conv kernels only), late rewinding to iteration 2,000, 16 levels.
+  Expected (unverified): ResNet-20 ≈ 91–92% dense, tickets matching it to a few percent
+  density. A GPU run: see docs/lottery_ticket.md for the cost. ``--precision bf16`` for mixed
+  precision.
 
 mnist and cifar10 must be prepared offline first: on a connected machine run
 ``tfds build mnist --file_format=array_record``, copy the tensorflow_datasets folder here and
@@ -75,10 +82,76 @@ def _cifar(model: str) -> Config:
     return _imp.cifar_preset(model, seeds=5, controls=CONTROLS)
 
 
+CIFAR_TRAIN = 45_000
+"""CIFAR-10 training examples here: the 50,000 less the 5,000 held out for validation."""
+EPOCH = CIFAR_TRAIN // 128
+"""Steps per epoch at batch 128: 351 — :func:`jaxprune.train.fit` drops the last partial batch of
+each epoch (PyTorch's loader would make a 352nd of 72 examples; open_lth, training on all 50,000,
+counts 391)."""
+OPEN_LTH_REWIND = 2000
+"""Late-rewinding iteration of the open_lth presets (open_lth's experiments use 500–2000 for
+ResNet-20; Frankle et al. 2020 find ResNet-20 and VGG-16 stable from about there)."""
+
+
+def open_lth(model: str, **overrides: Any) -> Config:
+    """open_lth's CIFAR-10 recipe (RESEARCH.md §9) for ``model``; ``overrides`` set the rest.
+
+    SGD lr 0.1, momentum 0.9, coupled weight decay 1e-4, batch 128, 160 epochs (160 × 351 =
+    56,160 iterations) with the rate × 0.1 after epochs 80 and 120 (iterations 28,080 and
+    42,120); one global 20% magnitude threshold per level over the prunable kernels; 4-px crop +
+    flip, per-channel normalisation; kaiming-normal kernels and U(0, 1) batch-norm scales; rewind
+    to iteration 2,000; 3 seeds, each with both controls; 16 levels (density 0.8¹⁶ ≈ 2.8%).
+    """
+    base: dict[str, Any] = {
+        "preset": f"cifar10_{model}", "dataset": "cifar10", "model": model, "levels": 16,
+        "rates": (), "default_rate": 0.2, "scope": "global", "iterations": 160 * EPOCH,
+        "batch_size": 128, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4,
+        "milestones": (80 * EPOCH, 120 * EPOCH), "lr_factor": 0.1, "eval_every": 2 * EPOCH,
+        "rewind_iteration": OPEN_LTH_REWIND, "seeds": 3, "controls": CONTROLS,
+        "augment": "crop_flip", "normalize": "per_channel", "init": "open_lth",
+    }  # fmt: skip
+    return Config(**{**base, **overrides})
+
+
+def cifar10_resnet20() -> Config:
+    """ResNet-20 on CIFAR-10, open_lth's ``cifar_resnet_20`` lottery recipe (:func:`open_lth`).
+
+    Source: open_lth (facebookresearch/open_lth, ``models/cifar_resnet.py`` default hparams);
+    Frankle, Dziugaite, Roy & Carbin, "Stabilizing the Lottery Ticket Hypothesis" (2019) and
+    "Linear Mode Connectivity and the Lottery Ticket Hypothesis" (ICML 2020). Every conv and
+    linear kernel is pruned (open_lth's ``sparse_global`` over all of them). jaxprune's
+    ``resnet20`` has option-A (parameter-free) shortcuts where open_lth's has 1×1 conv + BN
+    projections in the two downsampling blocks (≈ 0.27M vs ≈ 0.27M + 2.6k weights).
+
+    Expected (RESEARCH.md §9, *unverified*): dense ≈ 91–92% test accuracy with augmentation;
+    tickets rewound to iteration 2,000 match it down to a few percent density, while
+    ``reinit`` and ``random_mask`` fall below it early (Frankle et al. 2020). Cost: a GPU run
+    (docs/lottery_ticket.md); a CPU trains it only at toy scale.
+    """
+    return open_lth("resnet20")
+
+
+def cifar10_vgg16() -> Config:
+    """VGG-16 (with batch norm) on CIFAR-10, open_lth's ``cifar_vgg_16`` lottery recipe.
+
+    As :func:`cifar10_resnet20` (:func:`open_lth`), pruning the conv kernels only: open_lth
+    ignores its VGG's classifier (``pruning_layers_to_ignore='fc.weight'``), and so this preset
+    ignores ``fc1`` and ``out`` — jaxprune's ``vgg16`` has Li et al.'s classifier (512 → BN →
+    ReLU → classes) where open_lth's has one linear layer, and no conv biases where open_lth's
+    convs have them. Source: open_lth ``models/cifar_vgg.py``; Frankle et al. (2019, 2020).
+
+    Expected (*unverified*; RESEARCH.md gives no VGG-16 figure): dense ≈ 93% test accuracy,
+    tickets at late rewinding matching it to a few percent density. Cost: a GPU run.
+    """
+    return open_lth("vgg16", ignore=("fc1", "out"))
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "quick": quick,
     "mnist_lenet": mnist_lenet,
     **{f"cifar10_{m}": functools.partial(_cifar, m) for m in _imp.CIFAR_CONV},
+    "cifar10_resnet20": cifar10_resnet20,
+    "cifar10_vgg16": cifar10_vgg16,
 }
 
 
@@ -154,13 +227,18 @@ def table(cfg: Config) -> tuple[tickets.Table, list[str]]:
 def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     """Every level of the tickets and their controls; returns the run folder."""
     t, labels = table(cfg)
-    return _imp.run("lottery_ticket", cfg, t, labels, out=out, progress=progress)
+    return _imp.run("lottery_ticket", cfg, t, labels, out=out, progress=progress, batch_norm=True)
+
+
+def validate(cfg: Config) -> None:
+    """:func:`experiments._imp.validate`, models with batch norm allowed."""
+    _imp.validate(cfg, batch_norm=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _study.cli(
         argv, __doc__ or "", PRESETS, study="lottery_ticket", help=_imp.HELP,
-        check=_imp.validate, run=run, report=report,
+        check=validate, run=run, report=report,
     )  # fmt: skip
 
 

@@ -12,6 +12,10 @@ Lottery Tickets, OBD's prune-and-retrain) and the one a researcher's own sweep r
   Zhou et al.'s supermask), then every ticket trained ``iterations`` steps in one vmapped,
   scanned program (:func:`jaxprune.train.fit`), the ticket axis sharded over the host devices.
 
+Models with batch norm (:func:`jaxprune.models.stateful`) pass their running statistics as
+``model_state``: the dense run keeps them at k with θ_k, and every level starts each ticket from
+its seed's θ_k *and* its seed's statistics at k (open_lth rewinds the whole state dict).
+
 After each level the masks and trained weights are checkpointed (orbax, ``state/level_LLL``) and
 the level's rows are committed to the run's :class:`jaxprune.results.Store` in one atomic unit,
 so a killed run started again with the same arguments resumes at the first unfinished level and
@@ -63,7 +67,7 @@ from tqdm.auto import tqdm
 from jaxprune import _checks, masks, reset, results, tickets
 from jaxprune import data as data_
 from jaxprune import train as train_
-from jaxprune._types import Key, Params, PyTree
+from jaxprune._types import Key, Params, Prunable, PyTree
 
 __all__ = ["Sweep", "history_columns", "prunable_density", "run_levels"]
 
@@ -82,8 +86,9 @@ class Sweep(NamedTuple):
     timings: dict[str, float]
 
 
-def prunable_density(mask: PyTree) -> np.ndarray:
-    """Density of the prunable leaves (``ndim ≥ 2`` per ticket) of stacked masks, per ticket.
+def prunable_density(mask: PyTree, prunable: Prunable = None) -> np.ndarray:
+    """Density of the prunable leaves of stacked masks, per ticket: ``ndim ≥ 2`` per ticket, or
+    those of a :data:`~jaxprune._types.Prunable` spec.
 
     Example:
       >>> import numpy as np
@@ -93,7 +98,7 @@ def prunable_density(mask: PyTree) -> np.ndarray:
       [0.5, 1.0]
     """
     one = jax.tree.map(lambda m: m[0], mask)
-    flags = jax.tree.leaves(masks.is_prunable(one))
+    flags = jax.tree.leaves(masks.is_prunable(one, prunable))
     leaves = [np.asarray(m) for m, f in zip(jax.tree.leaves(mask), flags, strict=True) if f]
     if not leaves:
         return np.ones(jax.tree.leaves(mask)[0].shape[0])
@@ -126,9 +131,11 @@ def _ones(params: Params) -> PyTree:
 
 
 @functools.partial(jax.jit, static_argnames="steps")
-def _init_states(steps: train_.Steps, params: Params) -> train_.TrainState:
+def _init_states(
+    steps: train_.Steps, params: Params, model_state: PyTree | None = None
+) -> train_.TrainState:
     # One program for the stacked init (eagerly, every optimizer leaf would compile its own).
-    return jax.vmap(steps.init)(params)
+    return jax.vmap(steps.init)(params, model_state)
 
 
 class _Clock:
@@ -147,11 +154,20 @@ class _Clock:
         return out
 
 
-def _grads_at(apply_fn: Any, w_init: Params, x: jax.Array, y: jax.Array) -> Params:
-    def loss(p: Params) -> jax.Array:
-        return train_.cross_entropy(apply_fn(p, x), y)
+def _grads_at(
+    apply_fn: Any, w_init: Params, x: jax.Array, y: jax.Array, model_state: PyTree | None
+) -> Params:
+    if model_state is None:
 
-    return jax.jit(jax.vmap(jax.grad(loss)))(w_init)
+        def loss(p: Params, s: PyTree) -> jax.Array:
+            return train_.cross_entropy(apply_fn(p, x), y)
+
+    else:  # batch norm as a training step sees it: batch statistics
+
+        def loss(p: Params, s: PyTree) -> jax.Array:
+            return train_.cross_entropy(apply_fn(p, s, x, train=True)[0], y)
+
+    return jax.jit(jax.vmap(jax.grad(loss)))(w_init, model_state)
 
 
 def _describe(
@@ -232,6 +248,11 @@ def run_levels(
     config: Mapping[str, Any] | None = None,
     progress: bool = True,
     desc: str = "levels",
+    model_state: PyTree | None = None,
+    augment: data_.Augment | None = None,
+    level_optimizer: optax.GradientTransformation | None = None,
+    prunable: Prunable = None,
+    compute_dtype: Any = None,
 ) -> Sweep:
     """Prune and train every ticket of ``table`` for ``levels`` levels (module docs); resumable.
 
@@ -239,10 +260,14 @@ def run_levels(
       store: the run's :class:`~jaxprune.results.Store`, or a folder for one (its config is
         then the table, rates and these settings plus ``config``: a folder never mixes runs).
       table: the tickets (:func:`jaxprune.tickets.table` / :func:`~jaxprune.tickets.grid`).
-      apply_fn: pure ``apply_fn(params, x) -> logits`` (e.g. :func:`jaxprune.models.functional`).
+      apply_fn: pure ``apply_fn(params, x) -> logits`` (e.g. :func:`jaxprune.models.functional`),
+        or, with ``model_state``, ``apply_fn(params, model_state, x, *, train) -> (logits,
+        new_model_state)`` (:func:`jaxprune.models.stateful`: batch-norm models).
       theta0: initial params stacked per seed; ticket ``i`` starts from row ``table.seed[i]``.
       dataset: a :class:`jaxprune.data.Dataset` (train / val / test splits).
-      optimizer: any optax optimizer (the same for the dense runs and every level).
+      optimizer: any optax optimizer: the dense run's, and every level's unless
+        ``level_optimizer`` is given. The dense run is one run of ``dense_iterations`` steps
+        (its optimizer state carries over θ_k); every level starts a fresh optimizer state.
       levels: pruning levels after the dense run (0: dense only).
       rates: fraction of the remaining weights each level prunes, as
         :func:`jaxprune.tickets.next_level` takes it (scalar, per-leaf pytree, per ticket).
@@ -254,13 +279,35 @@ def run_levels(
       rewind_iteration: k, the late-rewinding point θ_k.
       scope, min_keep, scorers: as :func:`jaxprune.tickets.next_level`.
       grads_examples: training examples for the gradients at θ_k (criteria that need them).
-      supermask_acc: also evaluate each new mask on signed-constant weights, untrained.
+      supermask_acc: also evaluate each new mask on signed-constant weights, untrained (models
+        without ``model_state`` only: no running statistics belong to those weights).
       columns: extra row columns, the same for every ticket (a mapping) or one mapping per ticket.
       config: extra settings for the store's config when ``store`` is a folder.
       progress: show progress bars; ``desc`` labels the level bar.
+      model_state: the models' non-trained state — batch-norm running statistics — stacked per
+        seed like ``theta0`` (the third value of :func:`jaxprune.models.stateful`); the steps are
+        then :func:`jaxprune.train.make_steps` ``(..., stateful=True)``. The dense run keeps
+        (θ_k, its model state at k); every ticket's level starts from its seed's θ_k (reset by
+        :func:`~jaxprune.tickets.next_level`) *and its seed's model state at k* — open_lth
+        rewinds the whole state dict, running statistics included —, its untrained accuracy is
+        evaluated with that state, and the checkpoints hold the model states, so a resumed run
+        restores them. Masks cover the params only.
+      augment: a :class:`jaxprune.data.Augment`, passed to every :func:`jaxprune.train.fit`
+        (the dense run and every level): on-device augmentation of each training batch.
+      level_optimizer: the optimizer of every level ≥ 1 (default: ``optimizer``). open_lth
+        trains a level from step k of the dense schedule (a fresh momentum, the learning rate
+        of step k): give the schedule shifted by k here.
+      prunable: which leaves the selection prunes (:func:`jaxprune.tickets.next_level`; default
+        every kernel, ``ndim ≥ 2``); ``density`` is measured over the same leaves.
+      compute_dtype: passed to :func:`jaxprune.train.make_steps` when given (``jnp.bfloat16``:
+        mixed precision; params and optimizer state stay float32).
 
     Returns:
       A :class:`Sweep`: the run folder, every committed row, and this invocation's timings.
+
+    Raises:
+      ValueError: a bad setting, before anything is written (``supermask_acc`` with
+        ``model_state`` among them).
     """
     dense_iterations = (
         iterations + rewind_iteration if dense_iterations is None else dense_iterations
@@ -269,6 +316,7 @@ def run_levels(
         table, theta0, dataset, levels, iterations, dense_iterations, rewind_iteration,
         batch_size, eval_every,
     )  # fmt: skip
+    _check_model_state(model_state, theta0, supermask_acc)
     n = table.n
     per_ticket = _ticket_columns(columns, n)
     with train_.count_compiles() as compiles, contextlib.ExitStack() as opened:
@@ -280,6 +328,17 @@ def run_levels(
                 "eval_every": eval_every, "scope": scope, "min_keep": min_keep,
                 "dataset": dataset.name,
             }  # fmt: skip
+            # Only when set, so that the folders of runs without them keep their configs.
+            if model_state is not None:
+                settings["batch_norm"] = True
+            if augment is not None:
+                settings["augment"] = repr(augment)
+            if compute_dtype is not None:
+                settings["compute_dtype"] = str(jnp.dtype(compute_dtype))
+            if prunable is not None:  # the paths it selects: a callable has no stable repr
+                one = jax.tree.map(lambda p: p[0], theta0)
+                flags = _checks.leaves_with_paths(masks.is_prunable(one, prunable))
+                settings["prunable"] = [path for path, flag in flags if flag]
             store = opened.enter_context(
                 results.Store(store, _describe(table, rates, settings, config))
             )
@@ -287,21 +346,24 @@ def run_levels(
         driver = _Driver(
             store, table, apply_fn, dataset, optimizer, clock,
             batch_size=batch_size, eval_every=eval_every, key=key, progress=progress,
-            columns=per_ticket, supermask_acc=supermask_acc,
+            columns=per_ticket, supermask_acc=supermask_acc, stateful=model_state is not None,
+            augment=augment, level_optimizer=level_optimizer, prunable=prunable,
+            compute_dtype=compute_dtype,
         )  # fmt: skip
         names = [f"level_{lv:03d}" for lv in range(levels + 1)]
         if not all(name in driver.done for name in names):  # a finished run restores nothing
-            theta_k, dense_final = driver.dense(theta0, dense_iterations, rewind_iteration, n_seeds)
+            dense = driver.dense(theta0, model_state, dense_iterations, rewind_iteration, n_seeds)
             seed_rows = jnp.asarray(table.seed)
-            w_init = tickets.gather(theta_k, seed_rows)
+            w_init = tickets.gather(dense.theta_k, seed_rows)
+            state_k = None if model_state is None else tickets.gather(dense.state_k, seed_rows)
             grads = None
             if "grads" in tickets.needs(table, scorers):
                 x, y = (jnp.asarray(a[:grads_examples]) for a in dataset.train)
-                grads = _grads_at(apply_fn, w_init, x, y)
+                grads = _grads_at(apply_fn, w_init, x, y, state_k)
             driver.rounds(
-                w_init, tickets.gather(dense_final, seed_rows), rates, grads, levels=levels,
-                iterations=iterations, offset=rewind_iteration, scope=scope, min_keep=min_keep,
-                scorers=scorers, desc=desc,
+                w_init, state_k, tickets.gather(dense.final, seed_rows), rates, grads,
+                levels=levels, iterations=iterations, offset=rewind_iteration, scope=scope,
+                min_keep=min_keep, scorers=scorers, desc=desc,
             )  # fmt: skip
         store.write_csv()
         rows = store.rows()
@@ -315,6 +377,25 @@ def run_levels(
         "ticket_steps": float(clock.ticket_steps),
     }
     return Sweep(store.path, rows, timings)
+
+
+def _check_model_state(model_state: PyTree | None, theta0: Params, supermask_acc: bool) -> None:
+    if model_state is None:
+        return
+    if supermask_acc:
+        raise ValueError(
+            "supermask_acc must be False with model_state (batch norm): the supermask's "
+            "signed-constant weights have no running statistics of their own, and θ_k's do not "
+            "fit them; got supermask_acc=True."
+        )
+    n_seeds = int(np.shape(jax.tree.leaves(theta0)[0])[0])
+    for path, leaf in _checks.leaves_with_paths(model_state):
+        if np.shape(leaf)[:1] != (n_seeds,):
+            raise ValueError(
+                f"model_state must be stacked per seed like theta0 (leading axis {n_seeds}), "
+                f"but model_state{path} has shape {list(np.shape(leaf))}; stack the seeds' "
+                "states with train.stack."
+            )
 
 
 def _ticket_columns(
@@ -332,6 +413,14 @@ def _ticket_columns(
     return [dict(c) for c in columns]
 
 
+class _Dense(NamedTuple):
+    """Level 0's results, per seed: θ_k, the model state at k, the dense weights."""
+
+    theta_k: Params
+    state_k: PyTree | None
+    final: Params
+
+
 class _Driver:
     """The per-level work of :func:`run_levels` (state kept between levels)."""
 
@@ -339,16 +428,23 @@ class _Driver:
         self, store: results.Store, table: tickets.Table, apply_fn: Any, dataset: data_.Dataset,
         optimizer: optax.GradientTransformation, clock: _Clock, *, batch_size: int,
         eval_every: int, key: Key, progress: bool, columns: list[dict[str, Any]],
-        supermask_acc: bool,
+        supermask_acc: bool, stateful: bool, augment: data_.Augment | None,
+        level_optimizer: optax.GradientTransformation | None, prunable: Prunable,
+        compute_dtype: Any,
     ) -> None:  # fmt: skip
         self.store, self.table, self.ds, self.clock = store, table, dataset, clock
         self.state_dir = store.path / "state"
         self.done = set(store.done())
         self.forward = any(p != "zero" for p in table.pruned)
+        self.stateful, self.augment, self.prunable = stateful, augment, prunable
+        options: dict[str, Any] = {"stateful": stateful}
+        if compute_dtype is not None:
+            options["compute_dtype"] = compute_dtype
         self.steps = train_.make_steps(
-            apply_fn, optimizer, mode="forward" if self.forward else "zero"
-        )
-        self.dense_steps = train_.make_steps(apply_fn, optimizer)
+            apply_fn, level_optimizer or optimizer, mode="forward" if self.forward else "zero",
+            **options,
+        )  # fmt: skip
+        self.dense_steps = train_.make_steps(apply_fn, optimizer, **options)
         self.batch_size, self.eval_every, self.progress = batch_size, eval_every, progress
         self.key, self.supermask_acc = key, supermask_acc
         self.base = [
@@ -360,49 +456,62 @@ class _Driver:
         ]  # fmt: skip
 
     def fit(
-        self, steps: train_.Steps, params: Params, mask: PyTree, frozen: PyTree | None, *,
-        iterations: int, data_key: Key, desc: str,
+        self, steps: train_.Steps, state: train_.TrainState, mask: PyTree, frozen: PyTree | None,
+        *, iterations: int, data_key: Key, desc: str,
     ) -> tuple[train_.TrainState, train_.History]:  # fmt: skip
         n = int(jax.tree.leaves(mask)[0].shape[0])
+        extra = {} if self.augment is None else {"augment": self.augment}
         state, hist = self.clock.fit(
-            steps, _init_states(steps, params), mask, self.ds.train, self.ds.val, self.ds.test,
+            steps, state, mask, self.ds.train, self.ds.val, self.ds.test,
             iterations=iterations, batch_size=self.batch_size,
             eval_every=min(self.eval_every, iterations), data_key=data_key, frozen=frozen,
             tickets=True, mesh=train_.mesh_for(n), progress=self.progress, desc=desc,
             # A diverged ticket is a result: its rows say NaN, and the other tickets go on.
-            check_finite=False,
+            check_finite=False, **extra,
         )  # fmt: skip
         # Back on one device, where the next round gathers tickets across the whole table.
         return jax.device_put(state, jax.devices()[0]), hist
 
+    def _saved(self, trees: dict[str, PyTree]) -> dict[str, PyTree]:
+        # Model states only where there are some: a plain model's checkpoints keep their form.
+        return {k: v for k, v in trees.items() if v is not None and jax.tree.leaves(v)}
+
     def dense(
-        self, theta0: Params, dense_iterations: int, k: int, n_seeds: int
-    ) -> tuple[Params, Params]:
-        """Level 0 (θ_k and the dense weights per seed): restored, or trained and committed."""
+        self, theta0: Params, state0: PyTree | None, dense_iterations: int, k: int, n_seeds: int
+    ) -> _Dense:
+        """Level 0 (θ_k, the model state at k and the dense weights per seed): restored, or
+        trained and committed. One run of ``dense_iterations`` steps: the optimizer state (and
+        the running statistics) carry over step k."""
+        like = self._saved(
+            {"theta_k": theta0, "final": theta0, "state_k": state0, "final_state": state0}
+        )
         if "level_000" in self.done:
             try:
-                saved = train_.checkpoint.restore(
-                    self.state_dir / "level_000", like={"theta_k": theta0, "final": theta0}
-                )
-                return saved["theta_k"], saved["final"]
+                saved = train_.checkpoint.restore(self.state_dir / "level_000", like=like)
+                return _Dense(saved["theta_k"], saved.get("state_k", state0), saved["final"])
             except (ValueError, OSError) as err:
                 self._uncommit(0, err)
         _clear_state(self.state_dir, 0)
         ones = _ones(theta0)
-        theta_k, params = theta0, theta0
+        state = _init_states(self.dense_steps, theta0, state0)
         if k:
             state, _ = self.fit(
-                self.dense_steps, theta0, ones, None, iterations=k,
+                self.dense_steps, state, ones, None, iterations=k,
                 data_key=jax.random.fold_in(self.key, 0), desc="dense to θ_k",
             )  # fmt: skip
-            theta_k = params = state.params
+        theta_k, state_k = state.params, state.model_state if self.stateful else None
         state, hist = self.fit(
-            self.dense_steps, params, ones, None, iterations=dense_iterations - k,
+            self.dense_steps, state, ones, None, iterations=dense_iterations - k,
             data_key=jax.random.fold_in(self.key, 1), desc=f"level 0 (dense, {n_seeds} seeds)",
         )  # fmt: skip
+        final_state = state.model_state if self.stateful else None
         train_.checkpoint.save(
-            self.state_dir / "level_000", {"theta_k": theta_k, "final": state.params}
-        )
+            self.state_dir / "level_000",
+            self._saved(
+                {"theta_k": theta_k, "final": state.params, "state_k": state_k,
+                 "final_state": final_state}
+            ),
+        )  # fmt: skip
         seeds = np.asarray(self.table.seed)
         rows = [
             {
@@ -415,7 +524,7 @@ class _Driver:
         ]  # fmt: skip
         self.store.write("level_000", rows)
         self.done.add("level_000")
-        return theta_k, state.params
+        return _Dense(theta_k, state_k, state.params)
 
     def _uncommit(self, level: int, err: Exception) -> None:
         """A committed level whose checkpoint is unreadable is recomputed (documented rule)."""
@@ -424,13 +533,13 @@ class _Driver:
         self.done.discard(name)
 
     def rounds(
-        self, w_init: Params, final0: Params, rates: Any, grads: PyTree | None, *, levels: int,
-        iterations: int, offset: int, scope: str, min_keep: int,
-        scorers: Mapping[str, tickets.Scorer] | None, desc: str,
+        self, w_init: Params, state_k: PyTree | None, final0: Params, rates: Any,
+        grads: PyTree | None, *, levels: int, iterations: int, offset: int, scope: str,
+        min_keep: int, scorers: Mapping[str, tickets.Scorer] | None, desc: str,
     ) -> None:  # fmt: skip
         """Levels 1…``levels``: every level not committed is computed from the state of the level
         before it — held from this run, restored from its checkpoint, or (unreadable) recomputed."""
-        self.w_init, self.rates, self.grads = w_init, rates, grads
+        self.w_init, self.state_k, self.rates, self.grads = w_init, state_k, rates, grads
         self.levels, self.iterations, self.offset = levels, iterations, offset
         self.scope, self.min_keep, self.scorers = scope, min_keep, scorers
         self.latest: tuple[int, PyTree, Params] = (0, _ones(w_init), final0)
@@ -447,7 +556,9 @@ class _Driver:
         """The masks and trained weights after ``level``."""
         if self.latest[0] == level:
             return self.latest[1], self.latest[2]
-        like = {"mask": self.latest[1], "final": self.latest[2]}
+        like = self._saved(
+            {"mask": self.latest[1], "final": self.latest[2], "model_state": self.state_k}
+        )
         try:
             saved = train_.checkpoint.restore(self.state_dir / f"level_{level:03d}", like=like)
             return saved["mask"], saved["final"]
@@ -463,6 +574,7 @@ class _Driver:
         new = tickets.next_level(
             self.table, level, w_init, final, mask, self.rates, grads=self.grads,
             scope=self.scope, min_keep=self.min_keep, scorers=self.scorers,
+            prunable=self.prunable,
         )  # fmt: skip
         jax.block_until_ready(new)  # so that its time is not counted as training
         frozen = new.frozen if self.forward else None
@@ -471,12 +583,18 @@ class _Driver:
             signed = _signed_constant(w_init, new.mask)
             extra["supermask_acc"] = self._accuracy(signed, new.mask, None)
         state, hist = self.fit(
-            self.steps, new.params, new.mask, frozen, iterations=self.iterations,
-            data_key=jax.random.fold_in(self.key, 1),
+            self.steps, _init_states(self.steps, new.params, self.state_k), new.mask, frozen,
+            iterations=self.iterations, data_key=jax.random.fold_in(self.key, 1),
             desc=f"level {level}/{self.levels} ({self.table.n} tickets)",
         )  # fmt: skip
-        train_.checkpoint.save(self.state_dir / name, {"mask": new.mask, "final": state.params})
-        dens = prunable_density(new.mask)
+        train_.checkpoint.save(
+            self.state_dir / name,
+            self._saved(
+                {"mask": new.mask, "final": state.params,
+                 "model_state": state.model_state if self.stateful else None}
+            ),
+        )  # fmt: skip
+        dens = prunable_density(new.mask, self.prunable)
         rows = [
             {
                 **self.base[i], "level": level, "density": float(dens[i]),
@@ -490,8 +608,10 @@ class _Driver:
         return new.mask, state.params
 
     def _accuracy(self, params: Params, mask: PyTree, frozen: PyTree | None) -> np.ndarray:
-        """Test accuracy of each (untrained) ticket, on the host."""
+        """Test accuracy of each (untrained) ticket, on the host — with the model state at k."""
         xs, ys = self.ds.test
         return np.asarray(
-            train_.evaluate(self.steps, params, mask, frozen, xs, ys, tickets=True)[1]
+            train_.evaluate(
+                self.steps, params, mask, frozen, xs, ys, tickets=True, model_state=self.state_k
+            )[1]
         )

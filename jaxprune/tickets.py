@@ -60,8 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune import _checks, criteria, reset, select
-from jaxprune._types import Array, ArrayLike, Key, Mask, Params, PyTree, Scores
+from jaxprune import _checks, criteria, masks, reset, select
+from jaxprune._types import Array, ArrayLike, Key, Mask, Params, Prunable, PyTree, Scores
 
 __all__ = [
     "LAYOUTS",
@@ -324,7 +324,7 @@ def _score(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("scope", "min_keep", "scorers"))
+@functools.partial(jax.jit, static_argnames=("scope", "min_keep", "scorers", "prunable"))
 def _round(
     table: Table,
     level: Array,
@@ -337,6 +337,7 @@ def _round(
     scope: str,
     min_keep: int,
     scorers: tuple[tuple[str, Scorer], ...],
+    prunable: tuple[bool, ...] | None,
 ) -> Round:
     n = table.n
     custom = dict(scorers)
@@ -354,9 +355,13 @@ def _round(
         part = jax.vmap(score)(*(_take(a, idx, n) for a in (w_init, w_final, mask, grads, keys)))
         scores = _put(scores, idx, part, n)
 
+    # The flags of one ticket's leaves, back in the tree shape select reads (None: its default).
+    flags = None if prunable is None else jax.tree.unflatten(jax.tree.structure(mask), prunable)
+
     def choose(s: Scores, m: Mask, r: PyTree, k: Key) -> Mask:
         tie_key = jax.random.fold_in(k, 1)
-        return select.prune(s, m, r, scope=scope, min_keep=min_keep, key=tie_key)  # type: ignore[arg-type]
+        opts: dict[str, Any] = {"scope": scope, "prunable": flags, "min_keep": min_keep}
+        return select.prune(s, m, r, key=tie_key, **opts)
 
     new = jax.vmap(choose)(scores, mask, rates, keys)
     # Every ticket takes its source's new mask (itself, unless it is a control).
@@ -440,6 +445,7 @@ def next_level(
     scope: str = "layerwise",
     min_keep: int = 0,
     scorers: Mapping[str, Scorer] | None = None,
+    prunable: Prunable = None,
 ) -> Round:
     """One pruning round for every ticket of ``table``, in one compiled program (module docs).
 
@@ -457,6 +463,10 @@ def next_level(
       min_keep: weights always kept per layer (static; see :func:`jaxprune.select.prune`).
       scorers: criteria of the caller's by name (see :class:`Scorer`), used where a ticket's
         criterion is one of them.
+      prunable: which leaves the selection may prune (a :data:`~jaxprune._types.Prunable` spec,
+        read on one ticket's mask; default: ``ndim >= 2``), e.g. ``masks.rule(exclude="out")``
+        for open_lth's ``pruning_layers_to_ignore``; the others keep their masks. Resets still
+        apply to every kernel (:func:`jaxprune.reset.reset_kept`'s default).
 
     Returns:
       A :class:`Round` of stacked masks, start params and frozen pruned values.
@@ -501,7 +511,15 @@ def next_level(
         scope=scope,
         min_keep=min_keep,
         scorers=tuple(sorted(scorers.items())),
+        prunable=None if prunable is None else _flags(mask, prunable),
     )
+
+
+def _flags(mask: Mask, prunable: Prunable) -> tuple[bool, ...]:
+    """One Python bool per leaf of one ticket's mask: hashable, so any spec (a rule, a regex, a
+    tree of bools) becomes one static argument, and equal specs share the program."""
+    one = jax.tree.map(lambda m: m[0], mask)
+    return tuple(bool(f) for f in jax.tree.leaves(masks.is_prunable(one, prunable)))
 
 
 def gather(tree: PyTree, index: ArrayLike) -> PyTree:

@@ -36,7 +36,7 @@ from experiments import (
     pruning_at_init,
     rethinking,
 )
-from jaxprune import criteria, masks, results, train
+from jaxprune import criteria, masks, models, results, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--iterations", "20", "--eval-every", "10", "--no-progress"]
@@ -175,9 +175,6 @@ BAD_SETTINGS = [
     (["--batch-size", "100000"], "--batch-size must be at most the 1197 training examples"),
     (["--val-size", "0"], "--val-size must be a positive integer, got 0."),
     (["--val-size", "5000"], "val_size (--val-size) must be an int in [1, 1396] for 'digits'"),
-    (["--model", "vgg19"], "--model must be a model without batch norm (this study trains "
-     "apply_fn(params, x), models.functional), one of ('conv2', 'conv4', 'conv6', "
-     "'lenet300_100', 'mlp'), got 'vgg19'."),
     (["--lr", "inf"], "--lr must be a finite number, got inf."),
     (["--lr", "nan"], "--lr must be a finite number, got nan."),
     (["--supermask-lr=-inf"], "--supermask-lr must be a finite number, got -inf."),
@@ -208,6 +205,153 @@ def test_bad_settings_stop_before_training(module, argv, says, tmp_path, capsys)
     assert err.startswith(f"{study}: error: ") and err.count("\n") == 1, err  # one line, no usage
     assert says in err
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+def _refused(module, argv, tmp_path, capsys) -> str:
+    """The one error line of ``module.main(argv)`` (exit 2), after checking nothing was written."""
+    with pytest.raises(SystemExit) as e:
+        module.main([*argv, "--out", str(tmp_path / "runs"), "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{_name(module)}: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    return err
+
+
+def test_deconstructing_refuses_batch_norm_models(tmp_path, capsys):
+    # Its supermasks train apply_fn(params, x); the lottery-ticket study takes batch norm.
+    err = _refused(deconstructing, ["--model", "vgg19"], tmp_path, capsys)
+    assert (
+        "--model must be a model without batch norm (this study trains apply_fn(params, x), "
+        "models.functional), one of ('conv2', 'conv4', 'conv6', 'lenet300_100', 'mlp'), got "
+        "'vgg19'." in err
+    )
+
+
+LOTTERY_BAD_SETTINGS = [
+    (["--preset", "cifar10_resnet20", "--iterations", "40000"], "--milestones must be "
+     "iterations inside (0, --iterations = 40000): a milestone past the run would never apply, "
+     "got 42120."),
+    (["--milestones", "300,200"], "--milestones must be strictly increasing iterations, got "
+     "'300,200'."),
+    (["--optimizer", "rmsprop"], "--optimizer must be one of ('adam', 'sgd'), got 'rmsprop'."),
+    (["--precision", "fp8"], "--precision must be one of ('fp32', 'bf16'), got 'fp8'."),
+    (["--augment", "mixup"], "--augment must be one of ('none', 'crop_flip'), got 'mixup'."),
+    (["--weight-decay=-1e-4"], "--weight-decay must be ≥ 0, got -0.0001."),
+    (["--scope", "global"], "--rates must be empty with --scope global (one threshold for the "
+     "whole net, at --default-rate), got 'out=0.15'."),
+    (["--ignore", "conv"], "--ignore pattern 'conv' matches no prunable layer; the prunable "
+     "layers are: ['fc1']['kernel'].value"),
+    (["--ignore", "fc,out", "--rates", ""], "--ignore must be patterns that leave some prunable "
+     "layer, got 'fc,out'."),
+    (["--model", "resnet99"], "--model must be one of ("),
+    (["--model", "mlp", "--width", "0.5"], "model 'mlp' does not take option(s) ['width']"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "says"), LOTTERY_BAD_SETTINGS)
+def test_lottery_ticket_training_settings_stop_before_anything_is_written(
+    argv, says, tmp_path, capsys
+):
+    assert says in _refused(lottery_ticket, argv, tmp_path, capsys)
+
+
+def test_open_lth_presets_follow_the_recipe():
+    # RESEARCH.md §9, counted by hand: 45,000 // 128 = 351 steps an epoch.
+    for name, ignore in (("cifar10_resnet20", ()), ("cifar10_vgg16", ("fc1", "out"))):
+        cfg = lottery_ticket.PRESETS[name]()
+        assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+        assert (cfg.batch_size, cfg.iterations, cfg.milestones) == (128, 56_160, (28_080, 42_120))
+        assert (cfg.scope, cfg.default_rate, cfg.rates, cfg.ignore) == ("global", 0.2, (), ignore)
+        assert (cfg.augment, cfg.normalize, cfg.init) == ("crop_flip", "per_channel", "open_lth")
+        lottery_ticket.validate(cfg)
+    # The Conv-k presets keep the papers' Adam settings.
+    conv = lottery_ticket.PRESETS["cifar10_conv4"]()
+    assert (conv.optimizer, conv.lr, conv.milestones, conv.scope) == ("adam", 3e-4, (), "layerwise")
+
+
+# Minutes on 2 shared CPU cores (ResNet-20 / VGG-16 compiles); the presets' own settings are
+# checked in the fast test above.
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["cifar10_resnet20", "cifar10_vgg16"])
+def test_open_lth_presets_end_to_end_on_mocked_cifar10(preset, tmp_path, capsys):
+    argv = [
+        "--preset", preset, "--out", str(tmp_path), "--levels", "1", "--seeds", "1",
+        "--iterations", "8", "--milestones", "4,6", "--rewind-iteration", "4", "--eval-every", "4",
+        "--batch-size", "8", "--val-size", "8", "--width", "0.125", "--no-progress",
+    ]  # fmt: skip
+    with tfds.testing.mock_data(num_examples=40):
+        assert lottery_ticket.main(argv) == 0
+    folder = _folder(capsys)
+    cfg = _imp.Config(**_from_json(folder))
+    assert (cfg.model, cfg.scope, cfg.augment, cfg.optimizer) == (
+        preset.removeprefix("cifar10_"),
+        "global",
+        "crop_flip",
+        "sgd",
+    )
+    rows = results.Store(folder, cfg.to_json()).rows()
+    assert sorted((r["ticket"], r["level"]) for r in rows) == sorted(
+        itertools.product(range(3), range(2))
+    )
+    # One global threshold: level 1 keeps exactly n - round(0.2 n) of the n prunable weights,
+    # where VGG-16 ignores its classifier (fc1, out) and ResNet-20 prunes every kernel.
+    with tfds.testing.mock_data(num_examples=40):
+        s = _imp.setup(cfg)
+    one = train.unstack(s.theta0)[0]
+    sizes = {jax.tree_util.keystr(p): int(np.size(v)) for p, v in
+             jax.tree_util.tree_flatten_with_path(one)[0] if np.ndim(v) >= 2}  # fmt: skip
+    prunable = {k: n for k, n in sizes.items() if not any(x in k for x in cfg.ignore)}
+    n = sum(prunable.values())
+    for r in rows:
+        expected = 1.0 if r["level"] == 0 else (n - int(np.floor(0.2 * n + 0.5))) / n
+        assert r["density"] == pytest.approx(expected, abs=1e-12), r
+        assert "supermask_acc" not in r  # no signed-constant supermask with batch norm
+    saved = train.checkpoint.restore(
+        folder / "state" / "level_001",
+        like={"mask": jax.vmap(masks.ones)(train.stack([one] * 3)),
+              "final": train.stack([one] * 3),
+              "model_state": train.stack([train.unstack(s.model_state)[0]] * 3)},
+    )  # fmt: skip
+    for path, m in jax.tree_util.tree_flatten_with_path(saved["mask"])[0]:
+        if jax.tree_util.keystr(path) in sizes and jax.tree_util.keystr(path) not in prunable:
+            assert bool(np.all(m)), path  # an ignored layer is never pruned
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_level_continues_the_dense_schedule_at_the_rewind_step(name):
+    # lr 0.1, × 0.1 after iterations 10 and 20 of 30; a level from θ_15 runs the dense
+    # schedule's steps 15…29: by hand, 0.01 for its first 5 steps, then 0.001.
+    cfg = _imp.Config(optimizer=name, lr=0.1, milestones=(10, 20), iterations=30, momentum=0.0)
+    expected = [0.01] * 5 + [0.001] * 10
+    dense = [0.1] * 10 + [0.01] * 10 + [0.001] * 10
+    for start, rates in ((15, expected), (0, dense)):
+        opt = _imp.optimizer(cfg, start=start)
+        w = jax.numpy.zeros(1)
+        state, seen = opt.init(w), []
+        for _ in range(len(rates)):
+            g = jax.numpy.ones(1)
+            u, state = opt.update(g, state, w)
+            # Plain SGD: the update is -rate · g; Adam with a constant g: m̂ / sqrt(v̂) = 1, so
+            # -rate too, up to its float32 bias corrections and eps (≈ 1e-5 relative).
+            seen.append(-float(u[0]))
+        np.testing.assert_allclose(seen, rates, rtol=1e-6 if name == "sgd" else 1e-4)
+
+
+def test_open_lth_init_draws_kaiming_normal_kernels_and_uniform_bn_scales():
+    net = models.build("resnet20", input_shape=(8, 8, 1), num_classes=10)
+    drawn = _imp.open_lth_init(models.stateful(net)[1], jax.random.key(0))
+    flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in
+            jax.tree_util.tree_flatten_with_path(drawn)[0]}  # fmt: skip
+    # Every kernel over its std sqrt(2 / fan_in), fan_in = (3·3·)inputs, by hand: pooled, ~270k
+    # draws of N(0, 1), whose sample std is within 1% of 1 (7 sigma).
+    unit = [v / np.sqrt(2 / (v.size // v.shape[-1])) for v in flat.values() if v.ndim >= 2]
+    pooled = np.concatenate([u.ravel() for u in unit])
+    assert pooled.size > 250_000 and abs(pooled.std() - 1) < 0.01 and abs(pooled.mean()) < 0.01
+    scales = np.concatenate([v for k, v in flat.items() if "scale" in k])
+    assert 0 <= scales.min() and scales.max() < 1 and abs(scales.mean() - 0.5) < 0.05
+    biases = [v for k, v in flat.items() if "bias" in k]
+    assert all((b == 0).all() for b in biases)  # untouched: the model's zeros
 
 
 STUDIES = [lottery_ticket, deconstructing, obd, pruning_at_init, rethinking, early_bird]
