@@ -29,6 +29,7 @@ STUDIES = (
     "pruning_at_init",
     "rethinking",
     "early_bird",
+    "instability",
 )
 """The studies, the main job (``make run``) first."""
 

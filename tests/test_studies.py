@@ -31,6 +31,7 @@ from experiments import (
     _study,
     deconstructing,
     early_bird,
+    instability,
     lottery_ticket,
     obd,
     pruning_at_init,
@@ -354,7 +355,9 @@ def test_open_lth_init_draws_kaiming_normal_kernels_and_uniform_bn_scales():
     assert all((b == 0).all() for b in biases)  # untouched: the model's zeros
 
 
-STUDIES = [lottery_ticket, deconstructing, obd, pruning_at_init, rethinking, early_bird]
+STUDIES = [
+    lottery_ticket, deconstructing, obd, pruning_at_init, rethinking, early_bird, instability,
+]  # fmt: skip
 
 
 def _name(module: ModuleType) -> str:
@@ -376,7 +379,8 @@ def test_an_out_folder_that_cannot_be_written_is_one_error_line(module, tmp_path
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(SystemExit) as e:  # the run folder would go under a file
-        module.main(["--out", str(blocker / "runs"), "--seeds", "1", "--no-progress"])
+        small = ["--pairs", "1"] if module is instability else ["--seeds", "1"]
+        module.main(["--out", str(blocker / "runs"), *small, "--no-progress"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{_name(module)}: error: ") and err.count("\n") == 1, err
