@@ -154,11 +154,13 @@ def fit(
     desc: str,
     on_eval: Callable[[train.TrainState, int], None] | None = None,
     start: int = 0,
+    augment: data.Augment | None = None,
 ) -> tuple[train.TrainState, train.History]:
     """Train stacked tickets from step ``start`` to the end of ``schedule`` (its
     ``iterations``): one run, its rate set by the schedule inside the step.
 
-    ``start > 0`` resumes a run there: the schedule continues at its rate of step ``start`` and
+    ``augment`` augments the training batches on the device (``train.fit``'s, per step from the
+    data key). ``start > 0`` resumes a run there: the schedule continues at its rate of step ``start`` and
     the data order is that of one uninterrupted run (``train.fit(..., start=)``).
     ``on_eval(state, iteration)`` is called at every evaluation when given (then each
     evaluation interval is its own fit call, still one compiled chunk; the schedule's count, in
@@ -177,7 +179,7 @@ def fit(
         state, hist = train.fit(
             s, state, ones, ds.train, ds.val, ds.test, iterations=length,
             batch_size=batch_size, eval_every=min(eval_every, length), data_key=data_key,
-            start=done, tickets=True, mesh=mesh, progress=progress, desc=desc,
+            start=done, tickets=True, mesh=mesh, progress=progress, desc=desc, augment=augment,
         )  # fmt: skip
         state = jax.device_put(state, jax.devices()[0])
         hists.append(hist)

@@ -44,8 +44,8 @@ from . import _study
 CONTROLS = ("reinit", "random_mask")
 OPTIMIZERS = ("adam", "sgd")
 SCOPES = ("layerwise", "global")
-AUGMENTS = ("none", "crop_flip")
-NORMALIZE = ("none", "per_channel")
+AUGMENTS = _study.AUGMENTS
+NORMALIZE = _study.NORMALIZE
 PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}
 """``--precision``: the ``compute_dtype`` of :func:`jaxprune.train.make_steps`."""
 INITS = ("model", "open_lth")
@@ -122,10 +122,6 @@ HELP = {
     "scope": f"one of {SCOPES}: prune each layer at its rate, or one global threshold at "
     "--default-rate over every prunable kernel (then --rates must be empty)",
     "ignore": "comma list of regexes of kernels never pruned (open_lth's pruning_layers_to_ignore)",
-    "augment": f"one of {AUGMENTS}: training batches as they are, or a random crop after 4-px "
-    "padding and a random horizontal flip, on the device",
-    "normalize": f"one of {NORMALIZE}: pixels in [0, 1], or standardised per channel with the "
-    "training split's statistics",
     "precision": f"one of {tuple(PRECISIONS)}: bf16 runs forward and backward in bfloat16 "
     "(params and optimizer state stay float32)",
     "init": f"one of {INITS}: the model's own init, or open_lth's (kaiming-normal fan-in "
@@ -309,9 +305,8 @@ def setup(cfg: Config) -> Setup:
     """Load the data and build the seeds; a missing dataset, a batch larger than the data, a
     ``--width`` the model does not take or a ``--rates`` / ``--ignore`` pattern that matches no
     prunable layer stops here, before anything is written."""
-    ds = _study.load_data(cfg)
-    if cfg.normalize == "per_channel":
-        ds = data.normalize(ds)
+    ds = _study.prepared_data(cfg)
+    augment = _study.augmentation(cfg, ds)
     options = {} if cfg.width == 1.0 else {"width": cfg.width}
     split = models.stateful if cfg.model in _study.BN_MODELS else models.functional
     nets = [
@@ -337,10 +332,6 @@ def setup(cfg: Config) -> Setup:
         if cfg.scope == "global"
         else select.rates_by_pattern(params[0], dict(cfg.rates), default=cfg.default_rate)
     )
-    augment = None
-    if cfg.augment == "crop_flip":
-        fill = ds.normalization.black if ds.normalization is not None else 0.0
-        augment = data.Augment(crop_padding=4, flip=True, fill=fill)
     bn = split is models.stateful
     return Setup(
         ds, nets[0][0], train.stack(params), rates,

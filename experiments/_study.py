@@ -34,6 +34,10 @@ HELP = {
     "eval_every": "steps between evaluations (the early-stop resolution)",
     "seeds": "independent seeds (model init and masks)",
     "data_dir": "tensorflow-datasets folder for mnist/cifar (prepared offline)",
+    "augment": "training-batch augmentation on the device: 'none', or 'crop_flip' (a random crop "
+    "after 4-pixel padding and a random horizontal flip, per ticket and step)",
+    "normalize": "pixels as loaded ('none'), or standardised per channel with the training "
+    "split's statistics ('per_channel')",
 }
 """Help of the settings most studies share; a study adds its own."""
 
@@ -198,6 +202,37 @@ def load_data(cfg: Any) -> data.Dataset:
     if cfg.batch_size > n:
         fail("batch_size", f"at most the {n} training examples of {cfg.dataset!r}", cfg.batch_size)
     return ds
+
+
+AUGMENTS = ("none", "crop_flip")
+"""``--augment``: none, or open_lth's CIFAR augmentation (:class:`jaxprune.data.Augment`)."""
+NORMALIZE = ("none", "per_channel")
+"""``--normalize``: none, or per-channel standardisation (:func:`jaxprune.data.normalize`)."""
+
+
+def check_data_options(cfg: Any) -> None:
+    """``--augment`` and ``--normalize`` are among their choices."""
+    for name, allowed in (("augment", AUGMENTS), ("normalize", NORMALIZE)):
+        if getattr(cfg, name) not in allowed:
+            fail(name, f"one of {allowed}", getattr(cfg, name))
+
+
+def prepared_data(cfg: Any) -> data.Dataset:
+    """:func:`load_data`, standardised per channel when ``cfg.normalize == "per_channel"``."""
+    ds = load_data(cfg)
+    return data.normalize(ds) if cfg.normalize == "per_channel" else ds
+
+
+def augmentation(cfg: Any, ds: data.Dataset) -> data.Augment | None:
+    """The augmentation of ``cfg.augment`` for ``ds`` (``None`` for ``"none"``), its image shape
+    checked. Crops pad with black — the normalised value of a 0 pixel when ``ds`` is
+    standardised —, as torchvision pads before normalising."""
+    if cfg.augment != "crop_flip":
+        return None
+    fill = ds.normalization.black if ds.normalization is not None else 0.0
+    augment = data.Augment(crop_padding=4, flip=True, fill=fill)
+    augment.check_images((1, *ds.input_shape), name="--augment crop_flip")
+    return augment
 
 
 def config_json(cfg: Any) -> dict[str, Any]:

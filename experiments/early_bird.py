@@ -62,7 +62,8 @@ Presets (``--preset``; any setting can be overridden, see ``--help``):
 * ``cifar10_vgg16`` — You et al.'s VGG-16 / CIFAR-10 setting: 160 epochs of batch 256
   (45,000 training images after the 5,000 validation ones: 175 iterations per epoch,
   28,000 iterations), lr 0.1 ÷10 at epochs 80 and 120, penalty 1e-4, p ∈ {0.3, 0.5, 0.7},
-  ε = 0.1, FIFO of 5. jaxprune has no data augmentation (the paper pads, crops and flips).
+  ε = 0.1, FIFO of 5; random crops after 4-pixel padding and flips on the device, pixels
+  standardised per channel, as the paper's.
   cifar10 must be prepared offline (``tfds build cifar10 --file_format=array_record`` on a
   connected machine, then ``--data-dir``).
 
@@ -118,6 +119,8 @@ class Config:
     penalty: float = 1e-4
     retrain_penalty: float = 0.0
     seeds: int = 2
+    augment: str = "none"
+    normalize: str = "none"
     data_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -125,6 +128,8 @@ class Config:
 
 
 HELP = {
+    "augment": _study.HELP["augment"],
+    "normalize": _study.HELP["normalize"],
     "dataset": f"dataset name, one of {data.names()}",
     "model": "a model with batch norm: vgg11, vgg16, vgg19, vgg16_a, resnet20, resnet56",
     "width": "multiplier of every conv and hidden width",
@@ -152,6 +157,7 @@ HELP = {
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` naming the flag of any bad setting, before anything is trained."""
     _study.check_common(cfg, batch_norm=True)
+    _study.check_data_options(cfg)
     _study.check_at_least(cfg, 0, "mask_every")
     # The step schedule's two milestones must lie strictly inside the run.
     _study.check_at_least(cfg, _channels.MIN_ITERATIONS, "iterations")
@@ -179,7 +185,7 @@ def cifar10_vgg16() -> Config:
     """You et al.'s VGG-16 on CIFAR-10: 160 epochs of batch 256, ε = 0.1, FIFO of 5."""
     return Config(
         preset="cifar10_vgg16", dataset="cifar10", model="vgg16", width=1.0,
-        iterations=160 * 175, batch_size=256,
+        iterations=160 * 175, batch_size=256, augment="crop_flip", normalize="per_channel",
     )  # fmt: skip
 
 
@@ -355,6 +361,7 @@ def _search(
         s, state, ds, _channels.schedule(cfg.iterations, cfg.lr), batch_size=cfg.batch_size, eval_every=every,
         data_key=jax.random.fold_in(root, 0), progress=progress,
         desc=f"search: dense ({n_seeds} seeds)", on_eval=on_eval,
+        augment=_study.augmentation(cfg, ds),
     )  # fmt: skip
     masks = np.stack(history)
     emerged = found >= 0
@@ -540,7 +547,7 @@ def _retrain(ctx: _Ctx, search: Search, tickets: Any, r: int, arm: str,
                 batch_size=cfg.batch_size, eval_every=ctx.every,
                 data_key=jax.random.fold_in(ctx.root, 1 + (arm == "eb_scratch")),
                 progress=ctx.progress, desc=f"p={cfg.ratios[r]:g} {arm} ({len(members)} seeds)",
-                start=start,
+                start=start, augment=_study.augmentation(cfg, ctx.ds),
             )  # fmt: skip
             cols = [sweep.history_columns(hist, i) for i in range(len(members))]
         else:  # the ticket was drawn at the last iteration: nothing left to train
@@ -575,7 +582,8 @@ def run(cfg: Config, *, out: str | os.PathLike[str] = "runs", progress: bool = T
     Returns the run folder; a folder that already holds some units resumes after them.
     """
     validate(cfg)
-    ds = _study.load_data(cfg)
+    ds = _study.prepared_data(cfg)
+    _study.augmentation(cfg, ds)  # its checks, before anything is written
     n_train = len(ds.train.y)
     every = mask_interval(cfg, ds)
     if every > cfg.iterations:

@@ -58,8 +58,6 @@ from . import _study
 ROOT_KEY = 20200712
 """Seed of every run's keys: ``split(key(ROOT_KEY))`` gives the IMP runs' and the copies' keys."""
 OPTIMIZERS = ("adam", "sgd")
-AUGMENTS = ("none", "crop_flip")
-PIXELS = ("unit", "standardized")
 SCOPES = ("layerwise", "global")
 
 
@@ -79,7 +77,7 @@ class Config:
     weight_decay: float = 0.0
     milestones: tuple[int, ...] = ()
     augment: str = "none"
-    pixels: str = "unit"
+    normalize: str = "none"
     rewind_iterations: tuple[int, ...] = (0, 25, 100, 250)
     levels: int = 5
     rates: tuple[tuple[str, float], ...] = (("out", 0.2),)
@@ -103,8 +101,6 @@ HELP = {
     "momentum": "SGD momentum",
     "weight_decay": "SGD's L2 weight decay, added to the gradient",
     "milestones": "steps at which the learning rate is multiplied by 0.1 (comma list)",
-    "augment": f"training-batch augmentation, one of {AUGMENTS} (4-pixel crop, flip)",
-    "pixels": f"one of {PIXELS}: [0, 1], or standardised per channel (train statistics)",
     "rewind_iterations": "the rewind points k (comma list): instability of the network at step k",
     "levels": "IMP levels after the dense network (0: the dense network only)",
     "rates": "per-layer rates by path regex, e.g. 'out=0.2' (fraction of the remaining weights)",
@@ -132,7 +128,7 @@ def cifar10_resnet20() -> Config:
     return Config(
         preset="cifar10_resnet20", dataset="cifar10", model="resnet20", iterations=160 * EPOCH,
         batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
-        milestones=(80 * EPOCH, 120 * EPOCH), augment="crop_flip", pixels="standardized",
+        milestones=(80 * EPOCH, 120 * EPOCH), augment="crop_flip", normalize="per_channel",
         rewind_iterations=(0, 100, 500, 2000), levels=8, rates=(), default_rate=0.2,
         scope="global", alphas=30, pairs=1, eval_every=2000,
     )  # fmt: skip
@@ -162,9 +158,8 @@ def validate(cfg: Config) -> None:
             _study.fail("rewind_iterations", f"steps in [0, --iterations = {cfg.iterations})", k)
     if len(set(ks)) != len(ks):
         _study.fail("rewind_iterations", "distinct steps", ",".join(map(str, ks)))
-    for name, allowed in (
-        ("optimizer", OPTIMIZERS), ("augment", AUGMENTS), ("pixels", PIXELS), ("scope", SCOPES)
-    ):  # fmt: skip
+    _study.check_data_options(cfg)
+    for name, allowed in (("optimizer", OPTIMIZERS), ("scope", SCOPES)):
         if getattr(cfg, name) not in allowed:
             _study.fail(name, f"one of {allowed}", getattr(cfg, name))
     if not 0.0 <= cfg.momentum < 1.0:
@@ -222,9 +217,8 @@ class Setup(NamedTuple):
 def setup(cfg: Config) -> Setup:
     """Load the data and build the network; a missing dataset, a batch larger than the data or a
     ``--rates`` pattern that matches no prunable layer stops here, before anything is written."""
-    ds = _study.load_data(cfg)
-    if cfg.pixels == "standardized":
-        ds = data.normalize(ds)
+    ds = _study.prepared_data(cfg)
+    augment = _study.augmentation(cfg, ds)
     net = models.build(cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, seed=0)
     bn = cfg.model in _study.BN_MODELS
     apply_fn: Any
@@ -240,10 +234,6 @@ def setup(cfg: Config) -> Setup:
     if cfg.scope == "layerwise":
         rates = select.rates_by_pattern(params, dict(cfg.rates), default=cfg.default_rate)
     opt = optimizer(cfg)
-    augment = None
-    if cfg.augment == "crop_flip":
-        black = getattr(getattr(ds, "normalization", None), "black", None)
-        augment = data.Augment(4, True, 0.0 if black is None else black)
     steps = train.make_steps(apply_fn, opt, stateful=bn)
     return Setup(ds, apply_fn, params, model_state, rates, steps, opt, augment)
 

@@ -26,8 +26,10 @@ scratch models are the pruned architecture freshly initialised at its own shapes
 (:func:`jaxprune.structured.scratch`).
 
 Training (all arms): SGD, momentum 0.9, weight decay 1e-4, the learning rate ÷10 at 50% and 75%
-of the run (Liu et al.); fine-tuning at a constant ``finetune_lr``. No data augmentation (the
-papers use random crops and flips on CIFAR: expect lower absolute accuracy there).
+of the run (Liu et al.); fine-tuning at a constant ``finetune_lr``. The CIFAR presets augment as the papers do
+(``--augment crop_flip``: a random crop after 4-pixel padding and a random flip, on the device)
+and standardise the pixels per channel (``--normalize per_channel``); the quick preset does
+neither.
 
 Presets (``--preset``; any setting can be overridden, see ``--help``):
 
@@ -99,6 +101,8 @@ class Config:
     weight_decay: float = 1e-4
     eval_every: int = 100
     seeds: int = 2
+    augment: str = "none"
+    normalize: str = "none"
     data_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -128,6 +132,7 @@ HELP = {
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` for any bad setting, before anything is trained."""
     _study.check_common(cfg, batch_norm=True)
+    _study.check_data_options(cfg)
     _study.check_at_least(cfg, 1, "min_keep")
     # The step schedule's two milestones must lie strictly inside every run (fine-tuning's
     # constant rate takes the same form, so that all arms share one training program).
@@ -174,7 +179,8 @@ def quick() -> Config:
 def _cifar(preset: str, model: str, **overrides: Any) -> Config:
     return Config(
         preset=preset, dataset="cifar10", model=model, width=1.0, iterations=125_000,
-        finetune_iterations=31_250, eval_every=3_125, seeds=3, **overrides,
+        finetune_iterations=31_250, eval_every=3_125, seeds=3, augment="crop_flip",
+        normalize="per_channel", **overrides,
     )  # fmt: skip
 
 
@@ -251,7 +257,8 @@ def scratch_b_iterations(iterations: int, speedup: float, eval_every: int) -> in
 def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
     """Train, prune, compact and retrain every arm, one committed unit at a time; the folder."""
     validate(cfg)
-    ds = _study.load_data(cfg)
+    ds = _study.prepared_data(cfg)
+    augment = _study.augmentation(cfg, ds)
     nets = _channels.build(cfg.model, ds, range(cfg.seeds), width=cfg.width)
     check_groups(cfg, structured.channel_groups(nets.modules[0]))
     store = results.Store(results.run_dir(out, "rethinking", cfg.to_json()), cfg.to_json())
@@ -280,7 +287,7 @@ def run(cfg: Config, *, out: str = "runs", progress: bool = True) -> Path:
             state, hist = _channels.fit(
                 s, _channels.init_state(s, nets), ds, _channels.schedule(cfg.iterations, cfg.lr),
                 batch_size=cfg.batch_size, eval_every=cfg.eval_every,
-                data_key=jax.random.fold_in(key, 0), progress=progress,
+                data_key=jax.random.fold_in(key, 0), progress=progress, augment=augment,
                 desc=f"dense ({method}, {cfg.seeds} seeds)",
             )  # fmt: skip
             seconds = time.time() - t0
@@ -367,6 +374,7 @@ def _prune_and_retrain(
                 s, _channels.init_state(s, nets_), ds, sched, data_key=jax.random.fold_in(key, g),
                 desc=f"{tag}: {arm} ({len(seeds)} seeds)", batch_size=cfg.batch_size,
                 eval_every=cfg.eval_every, progress=progress,
+                augment=_study.augmentation(cfg, ds),
             )  # fmt: skip
             arms.append((arm, sched.iterations, hist, time.time() - t0))
         for arm, iterations, hist, seconds in arms:

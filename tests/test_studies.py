@@ -27,6 +27,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments import (
+    _channels,
     _imp,
     _study,
     deconstructing,
@@ -37,7 +38,7 @@ from experiments import (
     pruning_at_init,
     rethinking,
 )
-from jaxprune import criteria, masks, models, results, train
+from jaxprune import criteria, data, masks, models, results, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--iterations", "20", "--eval-every", "10", "--no-progress"]
@@ -506,3 +507,40 @@ def test_a_second_process_on_a_run_stops_at_once_and_clears_nothing(tmp_path):
     assert "Wait for it to finish (or stop it)" in error
     assert (folder / "state" / "level_000").is_dir()  # nothing of the first was cleared
     assert results.Store(folder, cfg.to_json(), readonly=True).done() == ["level_000"]
+
+
+class _Recorded(Exception):
+    """Stops a study at its first training run, once that run's arguments are recorded."""
+
+
+@pytest.mark.parametrize("module", [rethinking, early_bird], ids=_name)
+def test_channel_studies_hand_their_augmentation_to_every_fit(module, tmp_path, monkeypatch):
+    seen = []
+
+    def fit(*args, **kwargs):
+        seen.append(kwargs.get("augment"))
+        raise _Recorded
+
+    monkeypatch.setattr(_channels.train, "fit", fit)
+    argv = ["--out", str(tmp_path), "--seeds", "1", "--width", "0.0625", "--no-progress",
+            "--augment", "crop_flip", "--normalize", "per_channel"]  # fmt: skip
+    with pytest.raises(_Recorded):
+        module.main(argv)
+    ds = data.normalize(data.load("digits"))
+    # Black of the standardised pixels: (0 - mean) / std per channel, what a 0 pixel becomes.
+    black = -np.asarray(ds.normalization.mean) / np.asarray(ds.normalization.std)
+    (augment,) = seen
+    assert (augment.crop_padding, augment.flip) == (4, True)
+    np.testing.assert_allclose(np.ravel(augment.fill), black, rtol=1e-6)
+
+
+@pytest.mark.parametrize("module", [lottery_ticket, rethinking, early_bird, instability], ids=_name)
+def test_an_unknown_augmentation_is_one_error_line(module, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        module.main(["--out", str(tmp_path), "--augment", "mixup", "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"{_name(module)}: error: --augment must be one of ('none', 'crop_flip'), got 'mixup'.\n"
+    )
+    assert not any(tmp_path.iterdir())
