@@ -87,6 +87,8 @@ def _tiny(**overrides) -> rethinking.Config:
     return dataclasses.replace(rethinking.quick(), **(settings | overrides))
 
 
+# Every arm of two methods, twice (40-80 s on 2 cores): a `make test-slow` check.
+@pytest.mark.slow
 def test_end_to_end_pruned_arm_equals_the_masked_dense_model_and_resumes(tmp_path, monkeypatch):
     cfg = _tiny()
     folder = rethinking.run(cfg, out=str(tmp_path), progress=False)

@@ -464,6 +464,8 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path):
         assert a["final_test_acc"] == pytest.approx(b["final_test_acc"], abs=0.01)
 
 
+# Two whole studies from cleared caches (50-100 s on 2 cores): a `make test-slow` check.
+@pytest.mark.slow
 def test_compiled_programs_do_not_grow_with_the_names_in_the_grid(tmp_path, capsys):
     # The same study with 2 criteria and with all 15: every name is handled inside one compiled
     # round (tickets.next_level), so the larger grid compiles no more XLA programs. (Both grids
