@@ -44,10 +44,10 @@ import numpy as np
 from jaxprune import data, masks, models, train
 
 from . import structured
+from .engine import random_mask
 
 __all__ = ["FULL", "SMOKE", "Config", "run"]
 
-DENSITY = 0.2
 
 # Vendor dense (no sparsity) peaks in TFLOP/s, by jax's device_kind; float32 is the non-tensor-core
 # figure. Sources: NVIDIA H100 / H200 datasheets (SXM), A100 datasheet.
@@ -127,24 +127,10 @@ def _peak_tflops(size: int, dtype: str, reps: int) -> float:
     return 2 * size**3 / sec / 1e12
 
 
-@functools.partial(jax.jit, static_argnames="density")
-def _random_mask(params: Any, key: jax.Array, density: float = DENSITY) -> Any:
-    """Keep a ``density`` fraction of every kernel at random; other leaves are never pruned."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    kept = [
-        jax.random.bernoulli(k, density, leaf.shape)
-        if leaf.ndim >= 2
-        else jnp.ones(leaf.shape, bool)
-        for k, leaf in zip(keys, leaves, strict=True)
-    ]
-    return jax.tree.unflatten(treedef, kept)
-
-
 @functools.partial(jax.jit, static_argnames=("steps", "n"))
 def _stacked(steps: train.Steps, params: Any, model_state: Any, n: int) -> tuple[Any, Any]:
     """``n`` tickets of the same init under different random masks, stacked."""
-    mask = jax.vmap(lambda k: _random_mask(params, k))(jax.random.split(jax.random.key(2), n))
+    mask = jax.vmap(lambda k: random_mask(params, k))(jax.random.split(jax.random.key(2), n))
     state = jax.vmap(lambda m: steps.init(masks.apply(params, m), model_state))(mask)
     return state, mask
 
@@ -206,7 +192,7 @@ def _tickets(spec: _Model, counts: tuple[int, ...], steps_per_chunk: int, cfg: C
             skipped.extend(f"{spec.name} {dtype} N={n}" for n in counts)
             continue
         steps, params, model_state, x, y = _setup(spec, dtype)
-        mask0 = _random_mask(params, jax.random.key(1))
+        mask0 = random_mask(params, jax.random.key(1))
         one = steps.init(masks.apply(params, mask0), model_state)
         per_step = _flops_per_step(steps, one, mask0, x[: spec.batch], y[: spec.batch])
         rows: dict[str, Any] = {}
@@ -258,7 +244,10 @@ def run(cfg: Config = FULL) -> dict[str, Any]:
     """Every figure as a dict (see the module docstring)."""
     start = time.perf_counter()
     deadline = start + cfg.budget_s
-    out: dict[str, Any] = {"machine": machine(), "config": json.loads(json.dumps(dataclasses.asdict(cfg)))}
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+    }
     kind = jax.devices()[0].device_kind
     peaks: dict[str, dict[str, float | None]] = {}
     for dtype in cfg.dtypes:

@@ -50,6 +50,7 @@ __all__ = [
     "flops",
     "machine",
     "masked_vs_dense",
+    "random_mask",
     "run",
     "scan_vs_loop",
     "tickets",
@@ -153,7 +154,7 @@ class Setup(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames="density")
-def _random_mask(params: Any, key: jax.Array, density: float = DENSITY) -> Any:
+def random_mask(params: Any, key: jax.Array, density: float = DENSITY) -> Any:
     """Keep a ``density`` fraction of every kernel at random; biases are never pruned."""
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
@@ -173,7 +174,7 @@ def setup(seed: int = 0) -> Setup:
         "lenet300_100", input_shape=ds.input_shape, num_classes=ds.num_classes, seed=seed
     )
     apply_fn, params, _ = models.functional(net)
-    mask = _random_mask(params, jax.random.key(seed))
+    mask = random_mask(params, jax.random.key(seed))
     steps = train.make_steps(apply_fn, _adam())
     return Setup(
         ds, apply_fn, params, mask, steps, jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
@@ -258,7 +259,7 @@ def masked_vs_dense(s: Setup, cfg: Config) -> dict[str, Any]:
 @functools.partial(jax.jit, static_argnames=("steps", "n"))
 def _stacked(steps: train.Steps, params: Any, n: int) -> tuple[Any, Any]:
     """``n`` tickets (the same init, different random masks) stacked on a leading axis."""
-    mask = jax.vmap(lambda k: _random_mask(params, k))(jax.random.split(jax.random.key(1), n))
+    mask = jax.vmap(lambda k: random_mask(params, k))(jax.random.split(jax.random.key(1), n))
     state = jax.vmap(lambda m: steps.init(masks.apply(params, m)))(mask)
     return state, mask
 
