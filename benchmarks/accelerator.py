@@ -44,7 +44,7 @@ import numpy as np
 from jaxprune import data, masks, models, train
 
 from . import structured
-from .engine import random_mask
+from .engine import random_mask, train_step_flops
 
 __all__ = ["FULL", "SMOKE", "Config", "run"]
 
@@ -162,20 +162,6 @@ def _setup(spec: _Model, dtype: str) -> tuple[train.Steps, Any, Any, jax.Array, 
     return steps, params, model_state, x, y
 
 
-def _flops_per_step(
-    steps: train.Steps, state: Any, mask: Any, x: jax.Array, y: jax.Array
-) -> float | None:
-    """XLA's FLOP count of one ticket's train step (None where the backend has no cost analysis)."""
-    try:
-        cost = jax.jit(steps.train_step).lower(state, mask, (x, y)).compile().cost_analysis()
-    except Exception:  # cost analysis is optional per backend
-        return None
-    if isinstance(cost, list):
-        cost = cost[0] if cost else None
-    flops = cost.get("flops") if isinstance(cost, dict) else None
-    return float(flops) if flops else None
-
-
 def _tickets(spec: _Model, counts: tuple[int, ...], steps_per_chunk: int, cfg: Config,
              peaks: dict[str, dict[str, float | None]], deadline: float,
              skipped: list[str]) -> dict[str, Any]:  # fmt: skip
@@ -194,7 +180,7 @@ def _tickets(spec: _Model, counts: tuple[int, ...], steps_per_chunk: int, cfg: C
         steps, params, model_state, x, y = _setup(spec, dtype)
         mask0 = random_mask(params, jax.random.key(1))
         one = steps.init(masks.apply(params, mask0), model_state)
-        per_step = _flops_per_step(steps, one, mask0, x[: spec.batch], y[: spec.batch])
+        per_step = train_step_flops(steps, one, mask0, (x[: spec.batch], y[: spec.batch]))
         rows: dict[str, Any] = {}
         for n in counts:
             if time.perf_counter() > deadline:

@@ -56,6 +56,7 @@ __all__ = [
     "tickets",
     "time_to_accuracy",
     "torch_peer",
+    "train_step_flops",
 ]
 
 BATCH = 60
@@ -351,18 +352,22 @@ def lenet_train_flops(params: Any, batch: int = BATCH) -> float:
     return 3.0 * forward
 
 
-def _xla_flops(s: Setup) -> float | None:
-    """XLA's own FLOP count of one masked train step (None where cost analysis is missing)."""
-    state = _masked_state(s.steps, s.params, s.mask)
-    batch = (s.x[:BATCH], s.y[:BATCH])
+def train_step_flops(steps: train.Steps, state: Any, mask: Any, batch: Any) -> float | None:
+    """XLA's own FLOP count of one train step of ``steps`` (None where cost analysis is missing)."""
     try:
-        cost = jax.jit(s.steps.train_step).lower(state, s.mask, batch).compile().cost_analysis()
+        cost = jax.jit(steps.train_step).lower(state, mask, batch).compile().cost_analysis()
     except Exception:  # cost analysis is optional per backend
         return None
     if isinstance(cost, list):
         cost = cost[0] if cost else None
     flops = cost.get("flops") if isinstance(cost, dict) else None
     return float(flops) if flops else None
+
+
+def _xla_flops(s: Setup) -> float | None:
+    """XLA's own FLOP count of one masked train step (None where cost analysis is missing)."""
+    state = _masked_state(s.steps, s.params, s.mask)
+    return train_step_flops(s.steps, state, s.mask, (s.x[:BATCH], s.y[:BATCH]))
 
 
 def matmul_peak(size: int, reps: int) -> float:

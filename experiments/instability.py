@@ -53,12 +53,12 @@ import optax
 
 from jaxprune import data, instability, masks, models, plots, results, select, sweep, tickets, train
 
-from . import _study
+from . import _imp, _study
 
 ROOT_KEY = 20200712
 """Seed of every run's keys: ``split(key(ROOT_KEY))`` gives the IMP runs' and the copies' keys."""
-OPTIMIZERS = ("adam", "sgd")
-SCOPES = ("layerwise", "global")
+OPTIMIZERS = _imp.OPTIMIZERS
+SCOPES = _imp.SCOPES
 
 
 @dataclasses.dataclass(frozen=True)
