@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench bench-structured bench-accelerator clean
+.PHONY: run test test-slow lint bench bench-structured bench-accelerator bench-sparse clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) >&2
@@ -42,6 +42,11 @@ bench-structured: $(STAMP)
 # at most about 5 minutes on an H200 (docs/benchmarks.md). `--smoke` runs it at toy sizes.
 bench-accelerator: $(STAMP)
 	@$(PY) -m benchmarks.accelerator
+
+# Sparse training (docs/sparse_training.md): RigL steps against dense optax steps, and 32 RigL
+# tickets vmapped / sharded against one after another; JSON on stdout, a few minutes on 2 cores.
+bench-sparse: $(STAMP)
+	@$(PY) -m benchmarks.sparse_training
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

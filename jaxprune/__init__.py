@@ -11,6 +11,8 @@ The pruning core imports jax and numpy only:
 * :mod:`jaxprune.reset` — kept-weight resets and pruned-weight values;
 * :mod:`jaxprune.metrics` — params and FLOPs per layer, compression ratio, theoretical speedup;
 * :mod:`jaxprune.schedules` — sparsity as a function of round or step;
+* :mod:`jaxprune.sparse_training` — gradual, static, SET, RigL and STE sparse training in any
+  training loop (an optax wrapper, a pure state and update);
 * :mod:`jaxprune.structured` — channel groups, filter / BN-scale scores and compaction into a
   smaller model (flax is imported only when a model is read or built).
 """
@@ -23,6 +25,7 @@ from jaxprune import reset as reset
 from jaxprune import saliency as saliency
 from jaxprune import schedules as schedules
 from jaxprune import select as select
+from jaxprune import sparse_training as sparse_training
 from jaxprune import structured as structured
 
 __version__ = "0.1.0"
@@ -37,5 +40,6 @@ __all__ = [
     "saliency",
     "schedules",
     "select",
+    "sparse_training",
     "structured",
 ]

@@ -30,6 +30,7 @@ STUDIES = (
     "rethinking",
     "early_bird",
     "instability",
+    "sparse_training",
 )
 """The studies, the main job (``make run``) first."""
 

@@ -391,3 +391,7 @@ class SupermaskSteps:
         m = mask_of(params, mask, flags)
         eff = effective_weights(frozen, m, rescale=self.rescale, prunable=flags)
         return step.summed_eval(self.apply_fn(eff, x), y, valid)
+
+    def eval_params(self, state: step.TrainState) -> Params:
+        """What :func:`jaxprune.train.fit` evaluates: the logits ``state.params``."""
+        return state.params

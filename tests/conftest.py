@@ -16,9 +16,7 @@ os.environ["JAXPRUNE_COMPILE_CACHE"] = "off"
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # No example database: every machine, CI included, runs exactly the same examples.
-settings.register_profile(
-    "ci", max_examples=30, deadline=None, derandomize=True, database=None
-)
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, database=None)
 settings.load_profile("ci")
 
 

@@ -75,7 +75,6 @@ def f64(tree: Any) -> Any:
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
-
 def fd_hessian_diagonal(p: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Float64 Hessian diagonal of the MLP's loss: central differences of the hand-written gradient,
     flattened in ravel_pytree's leaf order."""

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks import accelerator, engine, structured
+from benchmarks import sparse_training as sparse_bench
 
 SECTIONS = {
     "machine",
@@ -146,3 +147,21 @@ def test_accelerator_budget_skips_every_measurement_past_it() -> None:
                 for n in ns] + ["vgg16_inference"]  # fmt: skip
     assert out["skipped"] == expected
     assert "float32" not in out["lenet"] and json.loads(json.dumps(out)) == out
+
+
+@pytest.mark.slow
+def test_sparse_training_smoke_reports_every_ratio_from_its_own_timings() -> None:
+    out = sparse_bench.run(sparse_bench.SMOKE)
+    assert json.loads(json.dumps(out)) == out
+    ms = out["step"]["ms_per_step"]
+    for name, ratio in out["step"]["over_dense_time"].items():
+        assert ratio == pytest.approx(ms[name] / ms["dense"]), name
+    t = out["tickets"]
+    assert {"sequential", "vmap"} <= set(t["ticket_steps_per_s"])
+    for name, speedup in t["speedup_vs_sequential"].items():
+        rate = t["ticket_steps_per_s"][name]
+        assert speedup == pytest.approx(rate / t["ticket_steps_per_s"]["sequential"]), name
+    for name, target in out["targets"].items():
+        assert target["met"] == (target["value"] <= target["target"]), name
+    load = out["machine"]["load_average_end"]
+    assert load is None or len(load) == 3

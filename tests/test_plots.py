@@ -239,4 +239,6 @@ def test_marked_points_flag_a_point_when_any_seed_is_marked(tmp_path, figures):
     crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
     assert sum(len(c.get_xdata()) for c in crosses) == len(want)
     with pytest.raises(ValueError, match="nope"):
-        plots.line_plot(rows, x="density", y="acc", series="crit", mark="nope", path=tmp_path / "n.png")
+        plots.line_plot(
+            rows, x="density", y="acc", series="crit", mark="nope", path=tmp_path / "n.png"
+        )

@@ -37,6 +37,7 @@ from experiments import (
     obd,
     pruning_at_init,
     rethinking,
+    sparse_training,
 )
 from jaxprune import criteria, data, masks, models, results, train
 
@@ -358,6 +359,7 @@ def test_open_lth_init_draws_kaiming_normal_kernels_and_uniform_bn_scales():
 
 STUDIES = [
     lottery_ticket, deconstructing, obd, pruning_at_init, rethinking, early_bird, instability,
+    sparse_training,
 ]  # fmt: skip
 
 

@@ -197,19 +197,42 @@ def _eval_impl(
 
 
 def _vectorise(fn: Any, in_axes: tuple[Any, ...], ticket_batch_size: int | None) -> Any:
-    """``vmap`` over the ticket axis, or ``lax.map`` over chunks of ``ticket_batch_size``."""
+    """``vmap`` over the ticket axis, or a ``lax.map`` over chunks of ``ticket_batch_size``
+    tickets, each chunk ``vmap``-ed; the ``vmap`` axis is named :data:`TICKET_AXIS` either way.
+
+    Named, so that steps may reduce over the tickets they run with (sparse training's "does any
+    ticket update its mask at this step?", which keeps the update a ``lax.cond`` rather than a
+    select that does the update work at every step); steps that use no collective are unaffected.
+    (``lax.map(..., batch_size=)`` would ``vmap`` its chunks without a name, hence the chunks here.)
+    """
+    vmapped = jax.vmap(fn, in_axes=in_axes, axis_name=TICKET_AXIS)
     if ticket_batch_size is None:
-        return jax.vmap(fn, in_axes=in_axes)
+        return vmapped
     mapped_at = [i for i, ax in enumerate(in_axes) if ax == 0]
 
     def mapped(*args: Any) -> Any:
-        def one(sub: tuple[Any, ...]) -> Any:
-            full = list(args)
-            for i, a in zip(mapped_at, sub, strict=True):
-                full[i] = a
-            return fn(*full)
+        n = next(jnp.shape(leaf)[0] for i in mapped_at for leaf in jax.tree.leaves(args[i]))
+        size = min(ticket_batch_size, n)
+        full, rest = divmod(n, size)
 
-        return jax.lax.map(one, tuple(args[i] for i in mapped_at), batch_size=ticket_batch_size)
+        def run(sub: tuple[Any, ...]) -> Any:
+            every = list(args)
+            for i, a in zip(mapped_at, sub, strict=True):
+                every[i] = a
+            return vmapped(*every)
+
+        def part(lo: int, hi: int, shape: tuple[int, ...]) -> tuple[Any, ...]:
+            return tuple(
+                jax.tree.map(lambda a: a[lo:hi].reshape(*shape, *a.shape[1:]), args[i])
+                for i in mapped_at
+            )
+
+        out = jax.lax.map(run, part(0, full * size, (full, size)))
+        out = jax.tree.map(lambda a: a.reshape(full * size, *a.shape[2:]), out)
+        if rest:
+            tail = run(part(full * size, n, (rest,)))
+            out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+        return out
 
     return mapped
 
@@ -454,7 +477,9 @@ def fit(
       steps: any :class:`~jaxprune.train.Steps` (:func:`jaxprune.train.make_steps`,
         :func:`jaxprune.supermask.make_steps`); equal steps reuse the compiled programs.
       state: a :class:`TrainState` (stacked over tickets when ``tickets=True``), with the
-        model's running statistics in ``state.model_state`` for stateful steps.
+        model's running statistics in ``state.model_state`` for stateful steps (and a
+        sparse-training method's state in ``state.sparse``). The evaluations see
+        ``steps.eval_params(state)``.
       mask: the mask (stacked likewise).
       train, val, test: ``(x, y)`` arrays, each non-empty, with one integer label in
         ``[0, classes)`` per example; put on the device once and shared by all tickets.
@@ -514,7 +539,7 @@ def fit(
     if frozen is not None:
         _checks.check_like(frozen, state.params, name="frozen")
     trees = {"state.params": state.params, "frozen": frozen, "state.model_state": state.model_state}
-    n = _ticket_count(state, {**trees, "mask": mask}, tickets)
+    n = _ticket_count(state, {**trees, "mask": mask, "state.sparse": state.sparse}, tickets)
     _checks.check_keys(data_key, name="data_key", count=n)
     _check_augment(augment, augment_key, train, n)
     splits = {
@@ -568,8 +593,9 @@ def fit(
             ev = {"eval_batch": eval_batch, **common}
             if steps.stateful:
                 ev["model_state"] = state.model_state
-            v = evaluate(steps, state.params, mask, frozen, xv, yv, **ev)
-            t = evaluate(steps, state.params, mask, frozen, xs, ys, **ev)
+            params = _eval_params(steps, state)
+            v = evaluate(steps, params, mask, frozen, xv, yv, **ev)
+            t = evaluate(steps, params, mask, frozen, xs, ys, **ev)
             records.append((start + done + length, train_loss, *v, *t))
             if check_finite:
                 _check_finite_losses(train_loss, losses, start + done, n)
@@ -578,6 +604,13 @@ def fit(
             done += length
             bar.update(length)
     return state, _history(records)
+
+
+def _eval_params(steps: Steps, state: TrainState) -> PyTree:
+    """``steps.eval_params(state)``: what the evaluations see; ``state.params`` for steps written
+    before the protocol had the method."""
+    eval_params = getattr(steps, "eval_params", None)
+    return state.params if eval_params is None else eval_params(state)
 
 
 def _check_augment(

@@ -85,12 +85,17 @@ class TrainState(NamedTuple):
 
     ``model_state`` is the model's non-trained state — batch-norm running statistics — or ``()``
     for a model without any (the default, so ``TrainState(params, opt_state, step)`` still works).
+    ``sparse`` is the state of a sparse-training method (the
+    :class:`jaxprune.sparse_training.SparseState` of
+    :func:`jaxprune.sparse_training.make_steps`: its current mask, schedule and key), ``()`` for
+    every other kind of steps.
     """
 
     params: Params
     opt_state: optax.OptState
     step: Array
     model_state: PyTree = ()
+    sparse: PyTree = ()
 
 
 class Steps(Protocol):
@@ -105,6 +110,10 @@ class Steps(Protocol):
     * ``train_step(state, mask, batch, frozen=None) -> (state, {"loss": ...})``: one step.
     * ``eval_step(params, mask, batch, frozen=None, valid=None, *, model_state=None)``:
       ``{"loss": ..., "correct": ...}``, sums over the rows where ``valid``.
+    * ``eval_params(state) -> Params``: the params that ``eval_step`` evaluates for ``state``
+      (what :func:`jaxprune.train.fit` evaluates): ``state.params`` for the masked and supermask
+      steps, the params under the current sparse mask for sparse-training steps. It must work on a
+      stacked state too (elementwise, or ``state.params`` itself).
     * ``stateful``: whether the engine must pass ``model_state=`` to ``eval_step``.
 
     Steps are passed to the engine as a static jit argument, so they must be hashable, and equal
@@ -146,6 +155,8 @@ class Steps(Protocol):
         *,
         model_state: PyTree | None = None,
     ) -> dict[str, Array]: ...
+
+    def eval_params(self, state: TrainState) -> Params: ...
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
@@ -388,6 +399,11 @@ class MaskedSteps:
         eff = effective_params(params, mask, frozen, "forward")
         logits, _ = self._forward(eff, model_state, x, False)
         return summed_eval(logits, y, valid)
+
+    def eval_params(self, state: TrainState) -> Params:
+        """The params :func:`jaxprune.train.fit` evaluates: ``state.params`` (the mask and
+        ``frozen`` are applied by :meth:`eval_step`)."""
+        return state.params
 
 
 def summed_eval(logits: Array, labels: Array, valid: Array | None = None) -> dict[str, Array]:
