@@ -600,12 +600,13 @@ def drop_fraction_at(method: Method, state: SparseState) -> Array:
 
 
 def forward_params(method: Method, state: SparseState, params: Params) -> Params:
-    r"""The params the loss sees: :math:`w + \mathrm{sg}(w \odot m - w)`.
+    r"""The params the loss sees.
 
-    The value is :math:`w \odot m`; the gradient reaches every weight (straight through). For
-    STE / SR-STE that is the method; for the others pruned weights are already 0, so the value
-    is ``params`` and the gradient is the dense one (RigL grows by it; :func:`keep_zero` drops
-    it for pruned weights).
+    STE / SR-STE: :math:`w + \mathrm{sg}(w \odot m - w)` — the value is :math:`w \odot m` and the
+    gradient reaches every dense weight (straight through). The other methods: ``params``
+    themselves, which are already exactly 0 outside the mask (:func:`apply` after :func:`init`,
+    :func:`keep_zero` and :func:`update` keep them so), so no work is added to the step and the
+    gradient is the dense one (RigL grows by it; :func:`keep_zero` drops it for pruned weights).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -618,7 +619,8 @@ def forward_params(method: Method, state: SparseState, params: Params) -> Params
       >>> jax.grad(lambda q: st.forward_params(m, sp, q)["w"].sum())(p)["w"].tolist()
       [[1.0, 1.0], [1.0, 1.0]]
     """
-    _check_method(method)
+    if not _check_method(method).dense_weights:
+        return params
     return jax.tree.map(
         lambda w, m: w + lax.stop_gradient(jnp.where(m, w, jnp.zeros_like(w)) - w),
         params,

@@ -257,7 +257,9 @@ class SparseSteps:
         x, y = batch
 
         def loss_of(params: Params) -> tuple[Array, PyTree]:
-            seen = _zero_outside(core.forward_params(self.method, sp, params), mask)
+            seen = core.forward_params(self.method, sp, params)
+            if self.dense_weights:  # zero-mode params are already 0 outside sp.masks & mask
+                seen = _zero_outside(seen, mask)
             logits, model_state = self._masked._forward(seen, state.model_state, x, True)
             return self.loss_fn(logits, y), model_state
 
