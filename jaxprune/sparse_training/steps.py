@@ -24,8 +24,11 @@ each ticket keeping its old values where its own schedule says no; one ticket al
 in ``lax.map`` chunks, ``ticket_batch_size``) runs it only at its own update steps.
 
 The ``mask`` that :func:`jaxprune.train.fit` passes (the *outer* mask) bounds the method: weights
-outside it are never active — the forward pass, the gradients and the optimizer see them as 0,
-and they stay 0. The method's counts are over all prunable weights, so pass
+outside it are never active: the optimizer (``keep_zero`` under the method's mask and the outer
+one) sets them to 0 at the first step and keeps them there. (The zero-mode forward pass sees the
+params themselves, so that first step's forward pass still sees weights outside the outer mask
+that ``init`` left non-zero: pass params already zero there, ``masks.apply(params, mask)``, to
+leave them out from the start. STE / SR-STE mask their forward pass by it at every step.) The method's counts are over all prunable weights, so pass
 ``masks.ones(params)`` (what :func:`train_tickets` does) for exact target counts; a partial outer
 mask leaves fewer active weights than the target wherever the method picks weights outside it.
 
