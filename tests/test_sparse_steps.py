@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import apply_mlp
 
 from jaxprune import masks, models, train
 from jaxprune.data import Dataset, Split
@@ -19,31 +21,18 @@ from jaxprune.sparse_training import allocation, core
 from jaxprune.sparse_training import steps as sparse_steps
 
 N_IN, N_HID, N_OUT = 6, 10, 3
-ITERATIONS, EVAL_EVERY, BATCH = 12, 6, 16
-END = 10
 
 
 def init_mlp(seed: int) -> dict:
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    g = jax.nn.initializers.glorot_normal()
-    return {
-        "fc": {"kernel": g(k1, (N_IN, N_HID)), "bias": jnp.zeros(N_HID)},
-        "out": {"kernel": g(k2, (N_HID, N_OUT)), "bias": jnp.zeros(N_OUT)},
-    }
-
-
-def apply_mlp(p: dict, x: jax.Array) -> jax.Array:
-    # tanh, not ReLU: the runs compared below are differently compiled programs, and ReLU's kink
-    # would turn a rounding difference into a different gradient.
-    h = jnp.tanh(x @ p["fc"]["kernel"] + p["fc"]["bias"][None])
-    return h @ p["out"]["kernel"] + p["out"]["bias"][None]
+    return helpers.init_mlp(seed, (N_IN, N_HID, N_OUT))
 
 
 def toy_data(n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, N_IN)).astype(np.float32)
-    w = rng.normal(size=(N_IN, N_OUT))
-    return x, np.argmax(x @ w, axis=1).astype(np.int32)
+    return helpers.toy_data(n, seed, N_IN, N_OUT)
+
+
+ITERATIONS, EVAL_EVERY, BATCH = 12, 6, 16
+END = 10
 
 
 X, Y = toy_data()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import TraceCounter
+from helpers import TraceCounter, apply_mlp
 
 from jaxprune import data, masks, models, supermask, train
 
@@ -15,27 +16,11 @@ N_IN, N_HID, N_OUT = 6, 8, 3
 
 
 def init_mlp(seed: int) -> dict:
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    g = jax.nn.initializers.glorot_normal()
-    return {
-        "fc": {"kernel": g(k1, (N_IN, N_HID)), "bias": jnp.full(N_HID, 0.1)},
-        "out": {"kernel": g(k2, (N_HID, N_OUT)), "bias": jnp.full(N_OUT, -0.1)},
-    }
-
-
-def apply_mlp(p: dict, x: jax.Array) -> jax.Array:
-    # tanh, not ReLU: tests below compare differently compiled programs (vmapped, sharded), and
-    # ReLU's kink at 0 would turn a rounding difference in a pre-activation into a different
-    # gradient. A smooth activation leaves the sampled masks as the only discrete decisions.
-    h = jnp.tanh(x @ p["fc"]["kernel"] + p["fc"]["bias"][None])
-    return h @ p["out"]["kernel"] + p["out"]["bias"][None]
+    return helpers.init_mlp(seed, (N_IN, N_HID, N_OUT), bias=0.1)
 
 
 def toy_data(n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, N_IN)).astype(np.float32)
-    w = rng.normal(size=(N_IN, N_OUT))
-    return x, np.argmax(x @ w, axis=1).astype(np.int32)
+    return helpers.toy_data(n, seed, N_IN, N_OUT)
 
 
 def random_mask(params: dict, seed: int, density: float = 0.5) -> dict:

@@ -7,13 +7,14 @@ import dataclasses
 import functools
 import re
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import TraceCounter
+from helpers import TraceCounter, apply_mlp
 
 from jaxprune import data, masks, models, supermask, train
 from jaxprune.train import loop
@@ -22,27 +23,11 @@ N_IN, N_HID, N_OUT = 6, 8, 3
 
 
 def init_mlp(seed: int) -> dict:
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    g = jax.nn.initializers.glorot_normal()
-    return {
-        "fc": {"kernel": g(k1, (N_IN, N_HID)), "bias": jnp.zeros(N_HID)},
-        "out": {"kernel": g(k2, (N_HID, N_OUT)), "bias": jnp.zeros(N_OUT)},
-    }
-
-
-def apply_mlp(p: dict, x: jax.Array) -> jax.Array:
-    # tanh, not ReLU: tests below compare differently compiled programs (vmapped, chunked,
-    # sharded), and ReLU's kink at 0 would turn a rounding difference in a pre-activation into a
-    # different gradient (a discrete decision); a smooth model keeps the runs rounding-close.
-    h = jnp.tanh(x @ p["fc"]["kernel"] + p["fc"]["bias"][None])
-    return h @ p["out"]["kernel"] + p["out"]["bias"][None]
+    return helpers.init_mlp(seed, (N_IN, N_HID, N_OUT))
 
 
 def toy_data(n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, N_IN)).astype(np.float32)
-    w = rng.normal(size=(N_IN, N_OUT))
-    return x, np.argmax(x @ w, axis=1).astype(np.int32)
+    return helpers.toy_data(n, seed, N_IN, N_OUT)
 
 
 def random_mask(params: dict, seed: int, density: float = 0.5) -> dict:
