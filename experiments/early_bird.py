@@ -279,8 +279,9 @@ def mask_interval(cfg: Config, ds: data.Dataset) -> int:
 
 
 def scored_groups(groups: Sequence[structured.ChannelGroup]) -> tuple[structured.ChannelGroup, ...]:
-    """The groups produced by a convolution: the official code ranks ``BatchNorm2d`` scales only."""
-    return tuple(g for g in groups if g.kernel[-2].startswith("conv"))
+    """The groups produced by one convolution: the official code ranks ``BatchNorm2d`` scales only,
+    and prunes a ResNet's blocks' first convs, never the residual stream (several producers)."""
+    return tuple(g for g in groups if g.kernel[-2].startswith("conv") and len(g.producers) <= 1)
 
 
 def mask_drawer(

@@ -193,8 +193,12 @@ def cifar10_vgg16() -> Config:
 
 
 def cifar10_resnet56() -> Config:
-    """ResNet-56, L1, 10% of every block's first conv (≈ Li et al.'s ResNet-56-A)."""
-    return _cifar("cifar10_resnet56", "resnet56", methods=("l1",), ratios=(0.1,))
+    """ResNet-56, L1, 10% of every block's first conv (≈ Li et al.'s ResNet-56-A); the residual
+    stream (the group named after the stem, coupling every block's second conv) stays whole."""
+    return _cifar(
+        "cifar10_resnet56", "resnet56", methods=("l1",), ratios=(0.1,),
+        l1_rates=((r"^stem/", 0.0),),
+    )  # fmt: skip
 
 
 def cifar10_vgg19() -> Config:
