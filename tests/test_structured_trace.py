@@ -427,3 +427,37 @@ def test_scratch_of_a_user_model_draws_each_layer_from_its_own_initialiser() -> 
     assert k.shape == (1, 1, 4, 5) and 0.5 < k.std() * np.sqrt(4) < 1.5
     other = structured.scratch(net, keep, seed=6)
     assert not np.allclose(k, np.asarray(other.pointwise.kernel[...]))
+
+
+class _TinyLM(nnx.Module):
+    """A decoder block as language models write it: token embedding (tied to the output),
+    RMSNorm, causal multi-head attention, a SwiGLU MLP (gate and up multiply), dropout."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.emb = nnx.Embed(50, 16, rngs=rngs)
+        self.ln1, self.ln2 = nnx.RMSNorm(16, rngs=rngs), nnx.RMSNorm(16, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=16, decode=False, rngs=rngs)
+        self.gate, self.up = nnx.Linear(16, 32, rngs=rngs), nnx.Linear(16, 32, rngs=rngs)
+        self.down = nnx.Linear(32, 16, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+    def __call__(self, tokens):
+        x = self.emb(tokens)
+        x = x + self.drop(self.attn(self.ln1(x), mask=nnx.make_causal_mask(tokens)))
+        h = self.ln2(x)
+        x = x + self.down(nnx.silu(self.gate(h)) * self.up(h))
+        return self.emb.attend(x)
+
+
+def test_language_model_block_heads_and_swiglu_neurons() -> None:
+    """Hand count: 4 heads (the causal mask is broadcast over heads: it couples nothing); 32
+    SwiGLU neurons, each owning a gate column, an up column and a down row; the embedding is
+    indexed by the tokens and the RMSNorm'd residual stream is reduced over: both frozen."""
+    net = _TinyLM(rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, 50)
+    graph = trace.trace_model(net, tokens)
+    assert [(g.name, g.size) for g in graph.groups] == [("attn/query", 4), ("gate", 32)]
+    assert [s.path for s in graph.groups[1].producers] == [("gate", "kernel"), ("up", "kernel")]
+    assert "gather" in graph.frozen["emb"] and "reduce_sum" in graph.frozen["down"]
+    _, _, small = _check_compaction(net, tokens)
+    assert small.model.attn.num_heads == 2 and small.model.down.kernel.shape == (16, 16)

@@ -83,14 +83,19 @@ class ChannelGraph(NamedTuple):
 # Union-find over positions
 
 _FROZEN = 0  # the node every frozen position joins
+_FREE = 1  # positions of a broadcast axis: the same value everywhere, no channel identity
 
 
 class _Nodes:
-    """Union-find over integer nodes, vectorised over label arrays; node 0 is frozen."""
+    """Union-find over integer nodes, vectorised over label arrays.
+
+    Node 0 is frozen; node 1 is *free* (a broadcast axis) and never joins anything.
+    """
 
     def __init__(self) -> None:
         self.parent = np.zeros(1024, np.int64)
-        self.size = 1
+        self.parent[_FREE] = _FREE
+        self.size = 2
         self.frozen: dict[int, str] = {
             _FROZEN: "coupled with the model input (a residual stream from it) or a constant"
         }
@@ -130,6 +135,9 @@ class _Nodes:
         del reason  # the frozen side's own reason is the informative one
         if a is b or len(a) == 0:
             return
+        bound = (a != _FREE) & (b != _FREE)
+        if not bound.all():
+            a, b = a[bound], b[bound]
         ra, rb = self.find(a), self.find(b)
         diff = ra != rb
         if not diff.any():
@@ -144,12 +152,16 @@ class _Nodes:
             self.frozen.pop(y, None)
 
     def freeze(self, a: np.ndarray, reason: str) -> None:
-        for r in np.unique(self.find(a)).tolist():
+        for r in np.unique(self.find(a[a != _FREE])).tolist():
             self.frozen.setdefault(r, reason)
 
     def is_frozen(self, a: np.ndarray) -> np.ndarray:
         roots = self.find(a)
         return np.array([r in self.frozen for r in roots.tolist()], bool)
+
+    def is_live(self, a: np.ndarray) -> np.ndarray:
+        """Positions that may still be pruned: neither frozen nor free."""
+        return ~self.is_frozen(a) & (a != _FREE)
 
     def why(self, a: np.ndarray) -> str:
         for r in self.find(a).tolist():
@@ -265,7 +277,7 @@ class _Tracer:
     def unknown(
         self, name: str, ins: list[_Value], shapes: list[tuple[int, ...]], act: bool, weight: bool
     ) -> list[_Value]:
-        touched = [a for v in ins for a in v.labels if len(a) and not self.nodes.is_frozen(a).all()]
+        touched = [a for v in ins for a in v.labels if len(a) and self.nodes.is_live(a).any()]
         if touched and self.unsupported == "error":
             paths = sorted(
                 {"/".join(self.names[int(n)]) for a in touched for n in a if int(n) in self.names}
@@ -298,8 +310,10 @@ class _Tracer:
                     labels[i] = a
                 else:
                     self.union(cur, a, f"coupled by {name} with channels that cannot be pruned")
+                    if (cur == _FREE).any():  # keep a real label where the first was free
+                        labels[i] = np.where(cur == _FREE, a, cur)
         out = tuple(
-            a if a is not None else np.zeros(n, np.int64)
+            a if a is not None else np.full(n, _FREE, np.int64)
             for a, n in zip(labels, shape, strict=True)
         )
         return _Value(out, act, weight)
@@ -308,7 +322,7 @@ class _Tracer:
         self, ins: list[_Value], p: dict, shapes: list, act: bool, weight: bool
     ) -> _Value:
         v, shape, dims = ins[0], shapes[0], p["broadcast_dimensions"]
-        out = [np.zeros(n, np.int64) for n in shape]
+        out = [np.full(n, _FREE, np.int64) for n in shape]
         for i, j in enumerate(dims):
             if len(v.labels[i]) == shape[j]:
                 out[j] = v.labels[i]
@@ -338,7 +352,7 @@ class _Tracer:
         if p.get("dimensions") is not None:
             return self.unknown("reshape(dimensions)", ins, shapes, act, weight)[0]
         src = tuple(len(a) for a in v.labels)
-        out = [np.zeros(n, np.int64) for n in shape]
+        out = [np.full(n, _FREE, np.int64) for n in shape]
         for i, a in enumerate(v.labels):
             if src[i] == 1:
                 self.freeze(a, "reshaped as a size-1 axis")
@@ -379,16 +393,18 @@ class _Tracer:
         sizes = [len(a) for a in labels]
         grids = np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij")
         cands = [a[g.reshape(-1)] for a, g in zip(labels, grids, strict=True)]
-        live = [~self.nodes.is_frozen(c) for c in cands]
-        out = np.zeros(math.prod(sizes), np.int64)
+        out = np.full(math.prod(sizes), _FREE, np.int64)
         chosen = np.zeros(len(out), bool)
-        for c, ok in zip(cands, live, strict=True):
+        for c in cands:
+            ok = self.nodes.is_live(c)
             both = ok & chosen
             if both.any():  # two prunable axes merge: join them (coarse, safe)
                 self.union(out[both], c[both], "merged with another channel axis by a reshape")
             take = ok & ~chosen
             out[take] = c[take]
             chosen |= ok
+        frozen = ~chosen & np.any([c != _FREE for c in cands], axis=0)
+        out[frozen] = _FROZEN  # no prunable source: frozen unless every source was free
         return out
 
     def op_concatenate(
