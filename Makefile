@@ -21,20 +21,18 @@ lint: $(STAMP)
 	$(PY) -m ruff check jaxprune experiments benchmarks tests
 	$(PY) -m mypy
 
-# The suite runs as two pytest processes: every XLA program compiled for the CPU keeps its code
-# mapped, and one process running all of it reaches Linux's limit of 65,530 memory maps
-# (vm.max_map_count) near the end and segfaults inside the compiler.
-TESTS_A := $(sort $(wildcard tests/test_[a-r]*.py))
-TESTS_B := $(sort $(filter-out $(TESTS_A),$(wildcard tests/test_*.py)))
+# The suite runs in two pytest worker processes (pytest-xdist, whole files per worker): every XLA
+# program compiled for the CPU keeps its code mapped, and one process running all of it reaches
+# Linux's limit of 65,530 memory maps (vm.max_map_count) and segfaults inside the compiler; two
+# workers each compile about half, and use both cores while one of them compiles.
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 
 test: lint
-	$(PY) -m pytest $(TESTS_A)
-	$(PY) -m pytest $(TESTS_B)
+	$(PYTEST) tests
 
 # Checks marked `slow` (left out of `make test` to keep it near 10 minutes on 2 cores).
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow $(TESTS_A)
-	$(PY) -m pytest -m slow $(TESTS_B)
+	$(PYTEST) -m slow tests
 
 # The engine benchmark (docs/benchmarks.md); the PyTorch peer is installed when missing and skipped
 # (reported as null) when it cannot be.

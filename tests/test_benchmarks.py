@@ -98,15 +98,37 @@ def test_lenet_flops_by_hand() -> None:
 
 
 @pytest.mark.slow
-def test_structured_benchmark_reports_masked_and_compacted() -> None:
-    out = structured.run(width=0.0625, batch=4, reps=1, rates=(0.5,))
-    assert json.loads(json.dumps(out)) == out
-    (row,) = out["results"]
-    assert row["params_compacted"] < row["params_dense"]
-    # Theoretical speedup = dense FLOPs / compacted FLOPs, as the row's own counts say.
-    assert row["theoretical_speedup"] == pytest.approx(row["flops_dense"] / row["flops_compacted"])
-    for key in ("seconds_dense", "seconds_masked", "seconds_compacted"):
-        assert math.isfinite(row[key]) and row[key] > 0
+def test_structured_benchmark_smoke_reports_every_model_and_rate(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    out_file = tmp_path / "structured.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.structured", "--smoke", "--out", str(out_file)],
+        cwd=root, capture_output=True, text=True, timeout=900, check=True,
+    )  # fmt: skip
+    out = json.loads(proc.stdout)  # stdout is the JSON alone; progress went to stderr
+    assert json.loads(out_file.read_text()) == out
+    cfg = structured.SMOKE
+    assert [(r["model"], r["channels_removed"]) for r in out["results"]] == [
+        (m, rate) for m in structured.MODELS for rate in cfg.rates
+    ]
+    for row in out["results"]:
+        rate, sizes = row["channels_removed"], row["group_sizes"]
+        # Layerwise L1: every group keeps max(C - round(rate * C), 1) of its C channels.
+        assert row["channels_kept"] == sum(max(c - math.floor(rate * c + 0.5), 1) for c in sizes)
+        # The compacted model is the masked one (float32 sums in another order: relative 1e-5),
+        # with the parameter count the groups predict.
+        assert row["max_abs_diff_masked"] <= 1e-5 * max(1.0, row["max_abs_logit_masked"])
+        assert row["params_compacted"] == row["params_predicted"] < row["params_dense"]
+        # Speed-ups are the row's own ratios: FLOPs, and times (batch 1 and batch B).
+        assert row["theoretical_speedup"] == pytest.approx(
+            row["flops_dense"] / row["flops_compacted"]
+        )
+        lat, thr = row["latency_ms_dense"], row["throughput_dense"]
+        assert row["latency_speedup"] == pytest.approx(lat / row["latency_ms_compacted"])
+        assert row["throughput_speedup"] == pytest.approx(row["throughput_compacted"] / thr)
+        assert all(math.isfinite(v) and v > 0 for v in (lat, thr, row["throughput_compacted"]))
+    load = out["machine"]["loadavg_start"] + out["machine"]["loadavg_end"]
+    assert len(load) == 6 and all(v >= 0 for v in load)
 
 
 @pytest.mark.slow
