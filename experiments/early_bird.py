@@ -50,7 +50,8 @@ code keeps those strictly above the ``int(p C)``-th smallest |γ|); retraining u
 unless ``--retrain-penalty`` is set (the official retrain scripts keep ``-sr`` on: 1e-4).
 Only the BN scales after convolutions are scored, as the code's ``BatchNorm2d`` loop: the hidden
 layer of ``vgg16``'s classifier (Li et al.'s head, not the code's single linear layer) is kept
-whole; in ResNets only each block's first conv is a channel group (see :mod:`jaxprune.structured`).
+whole; in ResNets only each block's first conv is scored, the residual-stream group is kept whole
+(see :mod:`jaxprune.structured`).
 
 Presets (``--preset``; any setting can be overridden, see ``--help``):
 
