@@ -252,9 +252,7 @@ def run(cfg: Config = FULL) -> dict[str, Any]:
     )
     if cfg.vgg_width > 0 and time.perf_counter() < deadline:
         _log("vgg16 dense vs compacted inference")
-        out["vgg16_inference"] = structured.run(
-            cfg.vgg_width, 128, cfg.vgg_reps, models=("vgg16",)
-        )
+        out["vgg16_inference"] = structured.run(cfg.vgg_width, 128, cfg.vgg_reps, models=("vgg16",))
     elif cfg.vgg_width > 0:
         skipped.append("vgg16_inference")
     out["skipped"] = skipped

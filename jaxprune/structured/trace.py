@@ -130,9 +130,9 @@ class _Nodes:
             i = int(self.parent[i])
         return i
 
-    def union(self, a: np.ndarray, b: np.ndarray, reason: str) -> None:
-        """Join ``a[i]`` with ``b[i]`` for every i; a class joined to a frozen one is frozen."""
-        del reason  # the frozen side's own reason is the informative one
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Join ``a[i]`` with ``b[i]`` for every i; a class joined to a frozen one is frozen (and
+        keeps the frozen side's reason, the informative one)."""
         if a is b or len(a) == 0:
             return
         bound = (a != _FREE) & (b != _FREE)
@@ -208,18 +208,12 @@ _CALLS = frozenset(
 class _Tracer:
     def __init__(self, nodes: _Nodes, names: dict[int, Path], unsupported: str) -> None:
         self.nodes = nodes
-        self.names = names  # first node of each leaf axis -> leaf path (for messages)
+        self.names = names  # node of a leaf axis -> the leaf's path (for messages)
         self.unsupported = unsupported
         self.uses: dict[int, int] = {}  # node -> order of first use as a producer
         self.clock = 0
 
     # -- helpers ------------------------------------------------------------------------------
-    def union(self, a: np.ndarray, b: np.ndarray, reason: str) -> None:
-        self.nodes.union(a, b, reason)
-
-    def freeze(self, a: np.ndarray, reason: str) -> None:
-        self.nodes.freeze(a, reason)
-
     def produce(self, a: np.ndarray) -> None:
         self.nodes.producer[a] = True
         self.clock += 1
@@ -253,10 +247,9 @@ class _Tracer:
         act = any(v.act for v in ins)
         weight = not act and any(v.weight for v in ins)
         p = eqn.params
-        if name in _CALLS or (name not in _KNOWN and _sub_jaxpr(eqn, len(ins)) is not None):
-            sub = _sub_jaxpr(eqn, len(ins))
-            if sub is not None:
-                return self.walk(sub, ins)
+        sub = _sub_jaxpr(eqn, len(ins)) if name in _CALLS or name not in _KNOWN else None
+        if sub is not None:  # a call (pjit, custom_jvp / custom_vjp): walk its body
+            return self.walk(sub, ins)
         if name in _ELEMENTWISE:
             return [self.elementwise(name, ins, shapes[0], act, weight)]
         if name in _CONSTANT:
@@ -268,7 +261,7 @@ class _Tracer:
         if name in _REDUCE:
             return [self.reduce(name, ins[0], p["axes"], act, weight)]
         if name in _CUMULATIVE:
-            self.freeze(ins[0].labels[p["axis"]], f"accumulated over by {name}")
+            self.nodes.freeze(ins[0].labels[p["axis"]], f"accumulated over by {name}")
             return [_Value(ins[0].labels, act, weight)]
         if name in _WINDOW:
             return [self.window(name, ins, p, shapes[0], act, weight)]
@@ -290,7 +283,7 @@ class _Tracer:
                 "unsupported='freeze' to keep the channels it touches unpruned."
             )
         for a in touched:
-            self.freeze(a, f"touched by the unsupported operation {name!r}")
+            self.nodes.freeze(a, f"touched by the unsupported operation {name!r}")
         return [_frozen(s, act, weight) for s in shapes]
 
     # -- elementwise and shape ops ------------------------------------------------------------
@@ -303,13 +296,13 @@ class _Tracer:
                 continue  # a scalar operand
             for i, a in enumerate(v.labels):
                 if len(a) != shape[i]:  # size 1 broadcast
-                    self.freeze(a, f"broadcast by {name}")
+                    self.nodes.freeze(a, f"broadcast by {name}")
                     continue
                 cur = labels[i]
                 if cur is None:
                     labels[i] = a
                 else:
-                    self.union(cur, a, f"coupled by {name} with channels that cannot be pruned")
+                    self.nodes.union(cur, a)
                     if (cur == _FREE).any():  # keep a real label where the first was free
                         labels[i] = np.where(cur == _FREE, a, cur)
         out = tuple(
@@ -327,7 +320,7 @@ class _Tracer:
             if len(v.labels[i]) == shape[j]:
                 out[j] = v.labels[i]
             else:
-                self.freeze(v.labels[i], "broadcast")
+                self.nodes.freeze(v.labels[i], "broadcast")
         return _Value(tuple(out), act, weight)
 
     def op_transpose(
@@ -355,7 +348,7 @@ class _Tracer:
         out = [np.full(n, _FREE, np.int64) for n in shape]
         for i, a in enumerate(v.labels):
             if src[i] == 1:
-                self.freeze(a, "reshaped as a size-1 axis")
+                self.nodes.freeze(a, "reshaped as a size-1 axis")
         ia = [i for i, n in enumerate(src) if n != 1]
         oa = [j for j, n in enumerate(shape) if n != 1]
         pi = po = 0
@@ -381,11 +374,11 @@ class _Tracer:
                 outer = shape[bo[0]]
                 rows = labels[0].reshape(outer, -1)
                 for r in range(outer):
-                    self.union(rows[r, :1].repeat(rows.shape[1]), rows[r], "split by a reshape")
+                    self.nodes.union(rows[r, :1].repeat(rows.shape[1]), rows[r])
                 out[bo[0]] = rows[:, 0].copy()
             else:
                 for a in labels:
-                    self.freeze(a, "reshaped across several axes at once")
+                    self.nodes.freeze(a, "reshaped across several axes at once")
         return _Value(tuple(out), act, weight)
 
     def merge(self, labels: list[np.ndarray]) -> np.ndarray:
@@ -399,7 +392,7 @@ class _Tracer:
             ok = self.nodes.is_live(c)
             both = ok & chosen
             if both.any():  # two prunable axes merge: join them (coarse, safe)
-                self.union(out[both], c[both], "merged with another channel axis by a reshape")
+                self.nodes.union(out[both], c[both])
             take = ok & ~chosen
             out[take] = c[take]
             chosen |= ok
@@ -418,7 +411,7 @@ class _Tracer:
                 continue
             first = ins[0].labels[i]
             for v in ins[1:]:
-                self.union(first, v.labels[i], "concatenated with channels that cannot be pruned")
+                self.nodes.union(first, v.labels[i])
             out.append(first)
         return _Value(tuple(out), act, weight)
 
@@ -430,7 +423,7 @@ class _Tracer:
             elif interior == 0 and lo >= 0 and hi >= 0:
                 out.append(np.concatenate([np.zeros(lo, np.int64), a, np.zeros(hi, np.int64)]))
             else:
-                self.freeze(a, "cropped or dilated by pad")
+                self.nodes.freeze(a, "cropped or dilated by pad")
                 out.append(np.zeros(len(a) * (interior + 1) + lo + hi - interior, np.int64))
         return _Value(tuple(out[: len(shapes[0])]), act, weight)
 
@@ -441,7 +434,7 @@ class _Tracer:
             v.labels, p["start_indices"], p["limit_indices"], strides, strict=True
         ):
             if (s, e, st) != (0, len(a), 1):
-                self.freeze(a, "sliced")
+                self.nodes.freeze(a, "sliced")
             out.append(a[s:e:st])
         return _Value(tuple(out), act, weight)
 
@@ -450,7 +443,7 @@ class _Tracer:
     ) -> list[_Value]:
         v, axis = ins[0], p["axis"]
         if len(p["sizes"]) > 1:
-            self.freeze(v.labels[axis], "split into pieces")
+            self.nodes.freeze(v.labels[axis], "split into pieces")
         outs, start = [], 0
         for n in p["sizes"]:
             labels = list(v.labels)
@@ -467,7 +460,7 @@ class _Tracer:
             if n == len(a):
                 out.append(a)
             else:
-                self.freeze(a, "sliced at a computed position")
+                self.nodes.freeze(a, "sliced at a computed position")
                 out.append(np.zeros(n, np.int64))
         return _Value(tuple(out), act, weight)
 
@@ -477,10 +470,10 @@ class _Tracer:
         v, u = ins[0], ins[1]
         for a, b in zip(v.labels, u.labels, strict=True):
             if len(a) == len(b):
-                self.union(a, b, "updated in place with channels that cannot be pruned")
+                self.nodes.union(a, b)
             else:
-                self.freeze(a, "updated at a computed position")
-                self.freeze(b, "written at a computed position")
+                self.nodes.freeze(a, "updated at a computed position")
+                self.nodes.freeze(b, "written at a computed position")
         return _Value(v.labels, act, weight)
 
     def op_gather(
@@ -496,7 +489,7 @@ class _Tracer:
                 or i in dn.collapsed_slice_dims
                 or p["slice_sizes"][i] != len(a)
             ):
-                self.freeze(a, "indexed by a gather (an embedding lookup, x[..., idx])")
+                self.nodes.freeze(a, "indexed by a gather (an embedding lookup, x[..., idx])")
         kept = [
             i for i in range(len(v.labels)) if i not in dn.collapsed_slice_dims
         ]  # operand axes behind the offset dims, in order
@@ -514,7 +507,9 @@ class _Tracer:
     # -- reductions ---------------------------------------------------------------------------
     def reduce(self, name: str, v: _Value, axes: Sequence[int], act: bool, weight: bool) -> _Value:
         for i in axes:
-            self.freeze(v.labels[i], f"reduced over by {name} (a norm's mean, a softmax, a pool)")
+            self.nodes.freeze(
+                v.labels[i], f"reduced over by {name} (a norm's mean, a softmax, a pool)"
+            )
         return _Value(tuple(a for i, a in enumerate(v.labels) if i not in axes), act, weight)
 
     def window(
@@ -533,7 +528,7 @@ class _Tracer:
             if plain:
                 out.append(a)
             else:
-                self.freeze(a, f"pooled over by {name}")
+                self.nodes.freeze(a, f"pooled over by {name}")
                 out.append(np.zeros(shape[i], np.int64))
         return _Value(tuple(out), act, weight)
 
@@ -542,10 +537,12 @@ class _Tracer:
         self, x: np.ndarray, w: np.ndarray, x_act: bool, w_weight: bool, both: bool
     ) -> None:
         if both:
-            self.union(x, w, "contracted between two activations")
-            self.freeze(x, "contracted between two activations (q·kᵀ over the head dimension)")
+            self.nodes.union(x, w)
+            self.nodes.freeze(
+                x, "contracted between two activations (q·kᵀ over the head dimension)"
+            )
             return
-        self.union(x, w, "read by a kernel together with channels that cannot be pruned")
+        self.nodes.union(x, w)
         if x_act and w_weight:
             self.nodes.consumer[w] = True
 
@@ -564,11 +561,7 @@ class _Tracer:
                 self.contract(lhs.labels[a], rhs.labels[b], lhs.act, w_right, both)
         out = []
         for a, b in zip(lb, rb, strict=True):
-            self.union(
-                lhs.labels[a],
-                rhs.labels[b],
-                "a batch axis shared with channels that cannot be pruned",
-            )
+            self.nodes.union(lhs.labels[a], rhs.labels[b])
             out.append(lhs.labels[a])
         lf = [lhs.labels[i] for i in range(len(lhs.labels)) if i not in lc and i not in lb]
         rf = [rhs.labels[i] for i in range(len(rhs.labels)) if i not in rc and i not in rb]
@@ -579,7 +572,7 @@ class _Tracer:
             if outer:
                 self.produce(outer[0])
             for a in outer[1:]:
-                self.freeze(
+                self.nodes.freeze(
                     a, "an inner output axis of a multi-axis kernel (pruned by its outer axis)"
                 )
         return _Value(tuple(out + lf + rf), act, weight)
@@ -597,7 +590,7 @@ class _Tracer:
         w_is_weight = lhs.act and rhs.weight and not rhs.act
         if batch_groups != 1:
             for a in (x_feat, w_in, w_out):
-                self.freeze(a, "a convolution with batch groups")
+                self.nodes.freeze(a, "a convolution with batch groups")
             return _Value(tuple(out), act, weight)
         out[ospec[0]] = lhs.labels[lspec[0]]
         out[ospec[1]] = w_out
@@ -605,12 +598,10 @@ class _Tracer:
             self.contract(x_feat, w_in, lhs.act, w_is_weight, lhs.act and rhs.act)
         elif len(w_in) == 1 and len(w_out) % len(x_feat) == 0:  # depthwise (channel multiplier m)
             m = len(w_out) // len(x_feat)
-            self.union(
-                x_feat.repeat(m), w_out, "a depthwise convolution of channels that cannot be pruned"
-            )
+            self.nodes.union(x_feat.repeat(m), w_out)
         else:
             for a in (x_feat, w_out):
-                self.freeze(a, f"a grouped convolution (feature_group_count={groups})")
+                self.nodes.freeze(a, f"a grouped convolution (feature_group_count={groups})")
         if w_is_weight:
             self.produce(w_out)
         return _Value(tuple(out), act, weight)
@@ -638,13 +629,6 @@ def _sub_jaxpr(eqn: JaxprEqn, n_in: int) -> Jaxpr | ClosedJaxpr | None:
 
 # ---------------------------------------------------------------------------------------------
 # Public API
-
-
-def _abstract(leaf: Any) -> Any:
-    if isinstance(leaf, jax.ShapeDtypeStruct):
-        return leaf
-    a = leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else np.asarray(leaf)
-    return jax.ShapeDtypeStruct(np.shape(a), a.dtype)
 
 
 def trace_groups(
@@ -700,9 +684,8 @@ def trace_groups(
             ins.append(_Value(tuple(labels), False, True))
     x_leaves = jax.tree.leaves(x)
     ins += [_frozen(np.shape(leaf), act=True) for leaf in x_leaves]
-    args = [*(jax.tree.map(_abstract, t) for t in trees), jax.tree.map(_abstract, x)]
     try:
-        closed = jax.make_jaxpr(fn)(*args)
+        closed = jax.make_jaxpr(fn)(*trees, x)  # abstract: nothing is computed
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"fn could not be traced on params and x of shape(s) "
@@ -718,13 +701,12 @@ def trace_groups(
 def _collect(
     nodes: _Nodes, tracer: _Tracer, axes: list[tuple[Path, int, np.ndarray]]
 ) -> ChannelGraph:
-    roots = {(path, a): nodes.find(ids) for path, a, ids in axes}
     classes: dict[int, list[tuple[Path, int, int]]] = {}
     live: set[int] = set()
     first_use: dict[int, int] = {}
     frozen: dict[str, str] = {}
     for path, a, ids in axes:
-        r = roots[(path, a)]
+        r = nodes.find(ids)
         produced = nodes.producer[ids]
         for pos, (root, node) in enumerate(zip(r.tolist(), ids.tolist(), strict=True)):
             classes.setdefault(root, []).append((path, a, pos))
