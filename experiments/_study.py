@@ -46,6 +46,11 @@ BN_MODELS = tuple(n for n in models.names() if n.startswith(("vgg", "resnet")))
 PLAIN_MODELS = tuple(n for n in models.names() if n not in BN_MODELS)
 """The models without batch norm: what the studies that train ``apply_fn(params, x)``
 (:func:`jaxprune.models.functional`) can run."""
+TOKEN_MODELS = ("transformer",)
+"""The models of token ids (language models): they train on the text sets
+(:data:`jaxprune.data.TEXT_SETS`), every other model on images."""
+READS_DATA_DIR = (*data.TFDS_SETS, "tiny_shakespeare")
+"""The datasets read from a tensorflow-datasets folder (``--data-dir``)."""
 
 
 def _parse_rates(text: str) -> tuple[tuple[str, float], ...]:
@@ -179,12 +184,13 @@ def check_common(cfg: Any, *, batch_norm: bool = False) -> None:
         fail("lr", "> 0", cfg.lr)
     if cfg.dataset not in data.names():
         fail("dataset", f"one of {data.names()}", cfg.dataset)
-    if cfg.data_dir is not None and cfg.dataset not in data.TFDS_SETS:
+    if cfg.data_dir is not None and cfg.dataset not in READS_DATA_DIR:
         raise ValueError(
             f"--data-dir is only read for the prepared tensorflow-datasets sets "
-            f"{tuple(sorted(data.TFDS_SETS))}; {cfg.dataset!r} is built into jaxprune and reads "
+            f"{tuple(sorted(READS_DATA_DIR))}; {cfg.dataset!r} is built into jaxprune and reads "
             f"no folder: drop --data-dir (got {cfg.data_dir!r})."
         )
+    check_pairing(cfg.dataset, (cfg.model,))
     if batch_norm and cfg.model not in BN_MODELS:
         fail("model", f"a model with batch norm, one of {BN_MODELS}", cfg.model)
     if not batch_norm and cfg.model not in PLAIN_MODELS:
@@ -192,6 +198,18 @@ def check_common(cfg: Any, *, batch_norm: bool = False) -> None:
             "model", "a model without batch norm (this study trains apply_fn(params, x), "
             f"models.functional), one of {PLAIN_MODELS}", cfg.model,
         )  # fmt: skip
+
+
+def check_pairing(dataset: str, model_names: Sequence[str]) -> None:
+    """Text sets go with the models of token ids (:data:`TOKEN_MODELS`), images with the others."""
+    text = dataset in data.TEXT_SETS
+    for name in model_names:
+        if text and name not in TOKEN_MODELS:
+            fail("model", f"a model of token ids for the text set {dataset!r}, one of "
+                 f"{TOKEN_MODELS}", name)  # fmt: skip
+        if not text and name in TOKEN_MODELS:
+            fail("dataset", f"a text set for the language model {name!r}, one of "
+                 f"{data.TEXT_SETS}", dataset)  # fmt: skip
 
 
 def load_data(cfg: Any) -> data.Dataset:

@@ -170,9 +170,10 @@ def validate(cfg: Config) -> None:
         _study.check_at_least(cfg, 1, "val_size")
     if cfg.dataset not in data.names():
         _study.fail("dataset", f"one of {data.names()}", cfg.dataset)
-    if cfg.data_dir is not None and cfg.dataset not in data.TFDS_SETS:
+    if cfg.data_dir is not None and cfg.dataset not in _study.READS_DATA_DIR:
         _study.fail("data_dir", f"unset for {cfg.dataset!r} (built into jaxprune)", cfg.data_dir)
     _study.check_names(cfg, "models", models.names())
+    _study.check_pairing(cfg.dataset, cfg.models)
     _study.check_names(cfg, "methods", tuple(METHODS))
     _study.check_fractions(cfg, "sparsities", "sparsities")
     for name, allowed in (

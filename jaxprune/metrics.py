@@ -7,6 +7,9 @@ Blalock et al. (2020) ask for two numbers at every operating point, because they
 * **theoretical speedup** :math:`= F_{dense} / F_{remaining}`, dense FLOPs over the FLOPs that
   remain after pruning (:func:`theoretical_speedup`).
 
+For language models, :func:`perplexity` gives the exponential of the mean next-token
+cross-entropy on a split of token windows.
+
 **What is counted.** FLOPs are counted on the program itself: ``jax.make_jaxpr(apply_fn)`` on
 ``params`` and one example ``x`` of shape ``(1, *input_shape)``, walking into every sub-program
 (``jit``, ``custom_jvp``/``custom_vjp``, ``checkpoint``, ``scan``…). Only the multiply-accumulates
@@ -61,6 +64,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +73,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn, Literal
 from jax.typing import DTypeLike
 
@@ -83,6 +88,7 @@ __all__ = [
     "layer_macs",
     "layer_params",
     "markdown",
+    "perplexity",
     "report",
     "theoretical_speedup",
 ]
@@ -625,3 +631,94 @@ def markdown(result: Report, *, skip_empty: bool = True) -> str:
         + f"{_count(t['remaining_flops'])} remaining.",
     ]
     return "\n".join(lines)
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _summed_nll(apply_fn: ApplyFn, params: Params, x: Array, y: Array, valid: Array) -> Array:
+    """Σ −log softmax(apply_fn(params, x))[y] over the tokens of the rows where ``valid``."""
+    logits = jnp.asarray(apply_fn(params, x), jnp.float32)
+    nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y)
+    rows = jnp.expand_dims(valid, tuple(range(1, nll.ndim)))
+    return jnp.sum(jnp.where(rows, nll, 0.0))  # where, not ×: padded rows may hold anything
+
+
+def perplexity(
+    apply_fn: ApplyFn, params: Params, split: tuple[Any, Any], *, batch_size: int = 64
+) -> float:
+    r"""Perplexity of a language model on next-token windows: exp of the mean token NLL.
+
+    .. math:: \mathrm{PPL} = \exp\Big(-\frac{1}{N}\sum_{i,t}
+       \log \mathrm{softmax}\big(f(x_i)_t\big)_{y_{it}}\Big)
+
+    over all :math:`N` target tokens of ``split = (x, y)`` (e.g. ``ds.test`` of
+    :func:`jaxprune.data.load_text`; ``y`` of shape ``(n, T)``, logits ``(n, T, V)``; plain
+    classification ``y`` of shape ``(n,)`` works too). Uniform logits give :math:`V`, a perfect
+    model 1. The windows are run in batches of ``batch_size`` (the last one padded, so one
+    program serves every batch), the logits in float32, the sum accumulated in float64.
+
+    Args:
+      apply_fn: pure ``apply_fn(params, x) -> logits`` (e.g. ``jaxprune.models.functional``'s),
+        hashable (it is a static jit argument).
+      params: its params (for a pruned network: the masked params).
+      split: ``(x, y)``, ``y`` integer targets in ``[0, V)``.
+      batch_size: windows per forward pass.
+
+    Raises:
+      ValueError: a bad ``split`` (not a pair, empty, non-integer targets, rows that differ),
+        logits whose shape is not ``y``'s plus a vocabulary axis, targets outside ``[0, V)``,
+        or a ``batch_size`` that is not a positive int.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import metrics
+      >>> apply_fn = lambda p, x: jnp.broadcast_to(p["b"], (*x.shape, 5))  # uniform
+      >>> x = jnp.zeros((3, 4), jnp.int32)
+      >>> round(metrics.perplexity(apply_fn, {"b": jnp.zeros(5)}, (x, x + 2)), 4)
+      5.0
+    """
+    _checks.check_apply_fn(apply_fn)
+    _checks.check_params(params)
+    _checks.check_positive_int(batch_size, name="batch_size")
+    x, y = _check_targets(split)
+    size = min(batch_size, len(y))
+    one = jax.ShapeDtypeStruct((size, *x.shape[1:]), x.dtype)
+    shape = tuple(jax.eval_shape(apply_fn, params, one).shape)
+    if len(shape) != y.ndim + 1 or shape[:-1] != (size, *y.shape[1:]):
+        raise ValueError(
+            f"apply_fn(params, x) must return logits of shape {[size, *y.shape[1:]]} + [vocab] "
+            f"for a batch x of shape {list(one.shape)} (the targets y have shape "
+            f"{list(y.shape)}), got {list(shape)}."
+        )
+    if y.min() < 0 or y.max() >= shape[-1]:
+        raise ValueError(
+            f"split[1] (y) must hold targets in [0, {shape[-1]}) (the width of the logits), got "
+            f"targets from {int(y.min())} to {int(y.max())}."
+        )
+    sums = []
+    for start in range(0, len(y), size):
+        xb, yb = x[start : start + size], y[start : start + size]
+        pad = size - len(yb)
+        valid = np.arange(size) < len(yb)
+        xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+        yb = np.concatenate([yb, np.zeros((pad, *yb.shape[1:]), yb.dtype)])
+        sums.append(_summed_nll(apply_fn, params, xb, yb, valid))
+    total = np.sum(np.asarray(jax.device_get(sums), np.float64))
+    return math.exp(total / y.size)
+
+
+def _check_targets(split: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` as host arrays: a pair, non-empty, integer ``y`` with one row per row of x."""
+    if not isinstance(split, tuple | list) or len(split) != 2:
+        raise ValueError(
+            f"split must be a pair (x, y) of inputs and integer targets (e.g. ds.test), got "
+            f"{type(split).__name__}."
+        )
+    x, y = np.asarray(split[0]), np.asarray(split[1])
+    if x.ndim < 1 or not len(x) or y.ndim < 1 or y.shape[0] != x.shape[0] or not y.size:
+        raise ValueError(
+            f"split must be non-empty (x, y) with one row of targets per example of x, got x of "
+            f"shape {list(x.shape)} and y of shape {list(y.shape)}."
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"split[1] (y) must hold integer targets, got {y.dtype.name}.")
+    return x, y

@@ -181,7 +181,16 @@ def test_synthetic_options() -> None:
 
 
 def test_names_and_unknown_name() -> None:
-    assert data.names() == ("cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "synthetic")
+    assert data.names() == (
+        "cifar10",
+        "cifar100",
+        "digits",
+        "fashion_mnist",
+        "mnist",
+        "pydoc",
+        "synthetic",
+        "tiny_shakespeare",
+    )
     with pytest.raises(
         ValueError, match=r"unknown dataset name 'svhn'; expected one of: cifar10, cifar100, digits"
     ):

@@ -17,7 +17,9 @@ from tests.helpers import stack
 SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3)]
 CONVS = ["conv2", "conv4", "conv6"]
 BN_MODELS = ["resnet20", "resnet56", "vgg11", "vgg16", "vgg16_a", "vgg19"]
-PLAIN = [name for name in models.names() if name not in BN_MODELS]
+# token inputs, 2-D embeddings: tested in tests/test_transformer_models.py
+TRANSFORMERS = ["transformer", "vit"]
+PLAIN = [name for name in models.names() if name not in BN_MODELS + TRANSFORMERS]
 
 
 def _leaves(params) -> dict[str, np.ndarray]:

@@ -11,6 +11,11 @@
   5,000 training images become the validation split. jaxprune never downloads: a missing dataset
   raises :class:`DatasetNotAvailableError` with the commands that prepare it.
 
+* ``"pydoc"`` (offline: the standard library's help topics) and ``"tiny_shakespeare"``
+  (tensorflow-datasets) — text as int32 next-token windows (``load(name, context=64)``, or
+  :func:`load_text` for byte level), split 90 / 5 / 5 contiguously; :func:`decode` reads tokens
+  back as text.
+
 ``load(..., normalize=True)`` (or :func:`normalize`) standardises the pixels per channel with the
 training split's mean and std. :class:`Augment` and :func:`augment_batch` (module
 :mod:`jaxprune.data.augment`) are the random crops and flips that :func:`jaxprune.train.fit`
@@ -33,6 +38,10 @@ from jaxprune.data._local import synthetic as synthetic
 from jaxprune.data._registry import REGISTRY as REGISTRY
 from jaxprune.data._registry import load as load
 from jaxprune.data._registry import names as names
+from jaxprune.data._text import TEXT_SETS as TEXT_SETS
+from jaxprune.data._text import decode as decode
+from jaxprune.data._text import load_text as load_text
+from jaxprune.data._text import text_corpus as text_corpus
 from jaxprune.data._tfds import TFDS_SETS as TFDS_SETS
 from jaxprune.data._tfds import DatasetNotAvailableError as DatasetNotAvailableError
 from jaxprune.data.augment import Augment as Augment
@@ -40,6 +49,7 @@ from jaxprune.data.augment import augment_batch as augment_batch
 
 __all__ = [
     "REGISTRY",
+    "TEXT_SETS",
     "TFDS_SETS",
     "Augment",
     "Dataset",
@@ -47,10 +57,13 @@ __all__ = [
     "Normalization",
     "Split",
     "augment_batch",
+    "decode",
     "digits",
     "load",
+    "load_text",
     "names",
     "normalize",
     "stratified_take",
     "synthetic",
+    "text_corpus",
 ]

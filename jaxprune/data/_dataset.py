@@ -12,7 +12,9 @@ __all__ = ["Dataset", "Normalization", "Split", "make_dataset", "normalize", "st
 
 class Split(NamedTuple):
     """One split: ``x`` float32 NHWC in [0, 1] (standardised per channel after
-    :func:`normalize`), ``y`` int32 labels. Unpacks as ``x, y = split``."""
+    :func:`normalize`), ``y`` int32 labels; for text sets (:func:`~jaxprune.data.load_text`)
+    ``x`` int32 token windows ``(n, T)`` and ``y`` their next tokens ``(n, T)``. Unpacks as
+    ``x, y = split``."""
 
     x: np.ndarray
     y: np.ndarray
@@ -38,18 +40,23 @@ class Normalization(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A classification dataset held in host memory as read-only numpy arrays.
+    """A classification (or next-token) dataset held in host memory as read-only numpy arrays.
 
     Attributes:
       name: the registry name (``"digits"``, ``"mnist"``, …).
       train, val, test: :class:`Split` pairs ``(x, y)``; ``x`` is float32 of shape
         ``(n, *input_shape)`` with pixels in [0, 1] (standardised when
         ``normalization`` is set), ``y`` int32 in ``[0, num_classes)``.
-        Each is the ``(x, y)`` tuple :func:`jaxprune.train.fit` takes.
-      num_classes: number of classes.
-      input_shape: shape of one example, NHWC without the batch axis, e.g. ``(28, 28, 1)``.
+        Each is the ``(x, y)`` tuple :func:`jaxprune.train.fit` takes. Text sets
+        (:func:`~jaxprune.data.load_text`) hold int32 token windows instead: ``x`` of shape
+        ``(n, T)`` and ``y`` the same windows shifted by one token.
+      num_classes: number of classes (text: the vocabulary size).
+      input_shape: shape of one example, NHWC without the batch axis, e.g. ``(28, 28, 1)``
+        (text: ``(T,)``, the context).
       normalization: the per-channel statistics the pixels were standardised with
         (:func:`normalize`), or ``None`` for pixels in [0, 1].
+      vocab: the characters of a character-level text set, token ``i`` being ``vocab[i]``;
+        ``None`` otherwise (images, and byte-level text whose tokens are UTF-8 bytes).
     """
 
     name: str
@@ -59,6 +66,7 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     normalization: Normalization | None = None
+    vocab: str | None = None
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(getattr(self, s).y)}" for s in ("train", "val", "test"))
@@ -170,6 +178,11 @@ def normalize(ds: Dataset) -> Dataset:
       >>> round(float(x.mean()), 6) + 0.0, round(float(x.std()), 4), x.dtype.name
       (0.0, 1.0, 'float32')
     """
+    if not np.issubdtype(ds.train.x.dtype, np.floating):
+        raise ValueError(
+            f"ds ({ds.name!r}) holds {ds.train.x.dtype.name} inputs (token ids?), not float "
+            "pixels: only image datasets can be normalised."
+        )
     if ds.normalization is not None:
         raise ValueError(
             f"ds ({ds.name!r}) is already normalised (per-channel mean "

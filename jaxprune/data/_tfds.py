@@ -1,4 +1,4 @@
-"""Image datasets prepared by tensorflow-datasets, read without TensorFlow and never downloaded.
+"""Datasets prepared by tensorflow-datasets, read without TensorFlow and never downloaded.
 
 ``tfds.data_source(name, download=False)`` opens a dataset that was prepared beforehand in the
 ``array_record`` (or ``parquet``) format and decodes records with NumPy and PIL, so TensorFlow is
@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxprune.data import _dataset
 
-__all__ = ["TFDS_SETS", "DatasetNotAvailableError", "TfdsSpec", "load_tfds"]
+__all__ = ["TFDS_SETS", "DatasetNotAvailableError", "TfdsSpec", "load_tfds", "open_splits"]
 
 _CHUNK = 4096  # records per batched read: batched reads decode about twice as fast as single ones
 
@@ -87,6 +87,14 @@ def _not_available(
 
 
 def _open(name: str, data_dir: str | os.PathLike | None) -> Sequence[Any]:
+    return open_splits(name, data_dir, ("train", "test"))
+
+
+def open_splits(
+    name: str, data_dir: str | os.PathLike | None, splits: Sequence[str]
+) -> Sequence[Any]:
+    """``tfds.data_source(name, split=splits)`` from disk, one data source per split, or
+    :class:`DatasetNotAvailableError` saying how to prepare the dataset."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - a declared dependency
@@ -95,7 +103,7 @@ def _open(name: str, data_dir: str | os.PathLike | None) -> Sequence[Any]:
         ) from err
     root, where = resolve_data_dir(data_dir)
     try:
-        return tfds.data_source(name, split=["train", "test"], data_dir=root, download=False)
+        return tfds.data_source(name, split=list(splits), data_dir=root, download=False)
     except Exception as err:  # tfds raises many kinds here; they all mean "not usable from disk"
         failure = err
     # Raised outside the handler so that the user sees our message, not tfds' internals.

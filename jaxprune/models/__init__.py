@@ -28,6 +28,24 @@ see :mod:`jaxprune.models._cifar` for the reference codes, init, shortcuts and l
 ``resnet56``            the same with 9 blocks a stage; 0.85M params
 ======================  ==========================================================================
 
+The transformers (pre-norm blocks of ``nnx.Linear`` query / key / value / proj and an MLP
+fc1 [gate] fc2; see :mod:`jaxprune.models._transformer`), with the protocol ``embed_inputs`` /
+``blocks`` / ``readout`` of :mod:`jaxprune.posttrain`:
+
+======================  ==========================================================================
+``transformer``         decoder-only LM on token windows, ``input_shape=(context,)``,
+                        ``num_classes`` = vocabulary: embeddings (+ learned positions or rope) →
+                        ``depth`` causal blocks (default dim 128, depth 4, 4 heads, GELU MLP ×4)
+                        → norm → logits ``(B, T, vocab)``
+``vit``                 images NHWC → p×p patches (default 2) → + positions → ``depth`` blocks
+                        (default dim 64, depth 2, 4 heads, MLP ×2) → norm → mean → classes
+======================  ==========================================================================
+
+Both take ``kv_heads`` (grouped-query attention), ``mlp="gelu"|"swiglu"``, ``norm="layer"|"rms"``.
+Their token / position embeddings are 2-D leaves, so :mod:`jaxprune.masks`' default rule prunes
+them too; pass ``prunable="kernel"`` (a regex over param paths) to prune only the weight
+matrices.
+
 Convolutions are 3×3 with SAME padding, pools 2×2 with stride 2; inputs are NHWC batches of any
 ``input_shape`` the model was built for (8×8×1 digits, 28×28×1 MNIST, 32×32×3 CIFAR; the MLPs take
 any shape and flatten it). ``width`` multiplies every hidden width of every model but ``mlp``
@@ -86,10 +104,12 @@ from jaxprune.models._api import param_count as param_count
 from jaxprune.models._api import resnet20 as resnet20
 from jaxprune.models._api import resnet56 as resnet56
 from jaxprune.models._api import stateful as stateful
+from jaxprune.models._api import transformer as transformer
 from jaxprune.models._api import vgg11 as vgg11
 from jaxprune.models._api import vgg16 as vgg16
 from jaxprune.models._api import vgg16_a as vgg16_a
 from jaxprune.models._api import vgg19 as vgg19
+from jaxprune.models._api import vit as vit
 from jaxprune.models._cifar import VGG as VGG
 from jaxprune.models._cifar import BasicBlock as BasicBlock
 from jaxprune.models._cifar import ResNet as ResNet
@@ -99,6 +119,9 @@ from jaxprune.models._init import with_laws as with_laws
 from jaxprune.models._nets import MLP as MLP
 from jaxprune.models._nets import POOL as POOL
 from jaxprune.models._nets import ConvNet as ConvNet
+from jaxprune.models._transformer import Block as Block
+from jaxprune.models._transformer import Transformer as Transformer
+from jaxprune.models._transformer import ViT as ViT
 
 __all__ = [
     "MLP",
@@ -107,10 +130,13 @@ __all__ = [
     "VGG",
     "VGG_PLANS",
     "BasicBlock",
+    "Block",
     "ConvNet",
     "Law",
     "ResNet",
     "StatefulApplyFn",
+    "Transformer",
+    "ViT",
     "build",
     "conv2",
     "conv4",
@@ -125,9 +151,11 @@ __all__ = [
     "resnet20",
     "resnet56",
     "stateful",
+    "transformer",
     "vgg11",
     "vgg16",
     "vgg16_a",
     "vgg19",
+    "vit",
     "with_laws",
 ]

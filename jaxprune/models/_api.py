@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxprune import _checks
 from jaxprune._types import Array, Params
-from jaxprune.models import _cifar, _conv, _init, _nets
+from jaxprune.models import _cifar, _conv, _init, _nets, _transformer
 
 __all__ = [
     "REGISTRY",
@@ -33,10 +33,12 @@ __all__ = [
     "resnet20",
     "resnet56",
     "stateful",
+    "transformer",
     "vgg11",
     "vgg16",
     "vgg16_a",
     "vgg19",
+    "vit",
 ]
 
 ApplyFn = Callable[[Params, Array], Array]
@@ -66,8 +68,11 @@ def instantiate(make: Callable[[nnx.Rngs], M], seed: int = 0) -> M:
       ``bias_init``, ``scale_init``; see :func:`~jaxprune.models.with_laws`) follows that
       law, ``normal`` and ``uniform`` laws cut from their own stream of untruncated normal or
       uniform draws (keys ``fold_in(key(seed), 1)`` and ``2``);
-    * other ``bias`` leaves are zeros; a ``BatchNorm``'s ``scale`` is ones (Flax's default) and
-      its batch statistics ``mean`` / ``var`` start at 0 / 1.
+    * other ``bias`` leaves are zeros; a ``BatchNorm``'s, ``LayerNorm``'s or ``RMSNorm``'s
+      ``scale`` is ones (Flax's default), batch statistics ``mean`` / ``var`` start at 0 / 1;
+      an ``nnx.Embed``'s ``embedding`` without a recorded law is N(0, 0.02²)
+      (``EMBEDDING_LAW``, the normal stream); a bare ``nnx.Param`` attribute ``name`` needs a
+      law recorded on its owner as ``{name}_init``.
 
     Values depend only on ``seed`` and the architecture. At most three RNG calls instead of one
     per layer, because XLA on a CPU compiles every RNG call anew (~0.3 s a layer); stream lengths
@@ -138,9 +143,6 @@ def _free_draws(key: jax.Array, kind: str, n: int) -> jax.Array:
     return jax.random.uniform(key, (n,), jnp.float32, -1.0, 1.0)
 
 
-_INIT_ATTR = {"kernel": "kernel_init", "bias": "bias_init", "scale": "scale_init"}
-
-
 def _law_of(module: nnx.Module, path: tuple[Any, ...]) -> _init.Law | str | float:
     """The law of one state leaf: a :class:`Law`, ``"glorot"`` or a constant."""
     owner: Any = module
@@ -148,19 +150,23 @@ def _law_of(module: nnx.Module, path: tuple[Any, ...]) -> _init.Law | str | floa
         key = getattr(entry, "key", getattr(entry, "name", entry))
         owner = owner[key] if isinstance(key, int) else getattr(owner, key)
     name = str(getattr(path[-2], "key", ""))
-    law = getattr(owner, _INIT_ATTR[name], None) if name in _INIT_ATTR else None
+    law = getattr(owner, f"{name}_init", None)  # recorded by with_laws (or a bare param's owner)
     if isinstance(law, _init.Law):
         return law
-    batch_norm = isinstance(owner, nnx.BatchNorm)
-    defaults: dict[str, str | float] = {"kernel": "glorot", "bias": 0.0}
-    if batch_norm:
+    defaults: dict[str, _init.Law | str | float] = {"kernel": "glorot", "bias": 0.0}
+    if isinstance(owner, nnx.BatchNorm):
         defaults |= {"scale": 1.0, "mean": 0.0, "var": 1.0}
+    elif isinstance(owner, nnx.LayerNorm | nnx.RMSNorm):
+        defaults |= {"scale": 1.0}
+    elif isinstance(owner, nnx.Embed):
+        defaults = {"embedding": _init.EMBEDDING_LAW}
     if name not in defaults:
         raise ValueError(
             f"make() built a module with param {jax.tree_util.keystr(path)}; instantiate "
             "initialises only params named 'kernel' (Glorot normal) or 'bias' (zeros), params "
-            "whose layer records a jaxprune.models.Law (jaxprune.models.with_laws), and "
-            "BatchNorm's 'scale' (ones) and batch statistics 'mean' (zeros) and 'var' (ones)."
+            "whose layer records a jaxprune.models.Law (jaxprune.models.with_laws), "
+            "BatchNorm's 'scale' (ones) and batch statistics 'mean' (zeros) and 'var' (ones), "
+            "LayerNorm / RMSNorm 'scale' (ones) and nnx.Embed's 'embedding' (N(0, 0.02²))."
         )
     return defaults[name]
 
@@ -362,6 +368,82 @@ def _resnet_factory(depth: int) -> Callable[..., _cifar.ResNet]:
 resnet20 = _resnet_factory(20)
 resnet56 = _resnet_factory(56)
 
+
+def transformer(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    dim: int = 128,
+    depth: int = 4,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    mlp: str = "gelu",
+    mlp_ratio: float = 4.0,
+    norm: str = "layer",
+    positions: str = "learned",
+) -> _transformer.Transformer:
+    """Decoder-only LM (:class:`~jaxprune.models.Transformer`): ``input_shape=(context,)``,
+    ``num_classes`` = vocabulary size; logits ``(B, T, vocab)``.
+
+    Drawn by :func:`instantiate`: Glorot-normal kernels, zero biases, norm scales 1, token and
+    position embeddings N(0, 0.02²).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> lm = transformer((16,), 40, dim=32, depth=2, heads=4, kv_heads=2, positions="rope")
+      >>> lm(jnp.zeros((2, 16), jnp.int32)).shape, lm.block1.attn.key.kernel.shape
+      ((2, 16, 40), (32, 16))
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 1:
+        raise ValueError(
+            f"input_shape must be (context,) for the transformer LM (token windows), got {shape!r}."
+        )
+    _check_build_args(shape, num_classes, 1.0)
+    return instantiate(
+        lambda rngs: _transformer.Transformer(
+            num_classes, shape[0], dim=dim, depth=depth, heads=heads, kv_heads=kv_heads,
+            mlp=mlp, mlp_ratio=mlp_ratio, norm=norm, positions=positions, rngs=rngs,
+        ),
+        seed,
+    )  # fmt: skip
+
+
+def vit(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    patch: int = 2,
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    mlp: str = "gelu",
+    mlp_ratio: float = 2.0,
+    norm: str = "layer",
+) -> _transformer.ViT:
+    """Small vision transformer (:class:`~jaxprune.models.ViT`) on NHWC images.
+
+    Drawn by :func:`instantiate` as :func:`transformer`; ``pos`` is N(0, 0.02²).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> net = vit((8, 8, 1), 10)
+      >>> net(jnp.zeros((2, 8, 8, 1))).shape, net.pos.shape
+      ((2, 10), (16, 64))
+    """
+    _check_build_args(input_shape, num_classes, 1.0)
+    return instantiate(
+        lambda rngs: _transformer.ViT(
+            input_shape, num_classes, patch=patch, dim=dim, depth=depth, heads=heads,
+            kv_heads=kv_heads, mlp=mlp, mlp_ratio=mlp_ratio, norm=norm, rngs=rngs,
+        ),
+        seed,
+    )  # fmt: skip
+
+
 REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     "lenet300_100": lenet300_100,
     "conv2": conv2,
@@ -374,6 +456,8 @@ REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     "vgg16_a": vgg16_a,
     "resnet20": resnet20,
     "resnet56": resnet56,
+    "transformer": transformer,
+    "vit": vit,
 }
 """Model factories by name: ``factory(input_shape, num_classes, *, seed=0, **kwargs)``."""
 
@@ -383,8 +467,8 @@ def names() -> tuple[str, ...]:
 
     Example:
       >>> names()  # doctest: +NORMALIZE_WHITESPACE
-      ('conv2', 'conv4', 'conv6', 'lenet300_100', 'mlp', 'resnet20', 'resnet56', 'vgg11',
-       'vgg16', 'vgg16_a', 'vgg19')
+      ('conv2', 'conv4', 'conv6', 'lenet300_100', 'mlp', 'resnet20', 'resnet56', 'transformer',
+       'vgg11', 'vgg16', 'vgg16_a', 'vgg19', 'vit')
     """
     return tuple(sorted(REGISTRY))
 
@@ -404,8 +488,11 @@ def build(
       input_shape: shape of one example, NHWC without the batch axis (e.g. ``(28, 28, 1)``).
       num_classes: number of logits.
       seed: initialisation seed (the same seed gives the same weights).
-      **kwargs: model options: ``width`` for every model but ``mlp``, ``conv_grad`` for
-        ``conv*``, ``vgg*`` and ``resnet*``, ``hidden`` for ``mlp``.
+      **kwargs: model options: ``width`` for every model but ``mlp``, ``transformer`` and
+        ``vit``, ``conv_grad`` for ``conv*``, ``vgg*`` and ``resnet*``, ``hidden`` for ``mlp``;
+        ``dim``, ``depth``, ``heads``, ``kv_heads``, ``mlp``, ``mlp_ratio``, ``norm`` for
+        ``transformer`` (``input_shape=(context,)``, ``num_classes`` = vocabulary size; also
+        ``positions``) and ``vit`` (also ``patch``).
 
     Returns:
       The NNX module; see :func:`functional` (models without batch norm) and :func:`stateful`
@@ -428,7 +515,9 @@ def build(
         raise ValueError(
             f"model {name!r} does not take option(s) {sorted(kwargs)}: {err}. "
             "lenet300_100 takes width=; conv2/4/6, vgg* and resnet* take width= and conv_grad=; "
-            "mlp takes hidden=."
+            "mlp takes hidden=; transformer takes dim=, depth=, heads=, kv_heads=, mlp=, "
+            "mlp_ratio=, norm=, positions=; vit takes patch=, dim=, depth=, heads=, kv_heads=, "
+            "mlp=, mlp_ratio=, norm=."
         ) from None
 
 

@@ -3,9 +3,10 @@ r"""Initialisation laws that :func:`~jaxprune.models.instantiate` can draw from 
 A :class:`Law` is an ordinary Flax initialiser ``law(key, shape, dtype)`` that also says what it
 is, so that ``instantiate`` can draw the same law from one RNG stream for the whole model instead
 of one RNG call per layer. Flax layers do not keep their initialisers, so :func:`with_laws`
-records them on the layer (attributes ``kernel_init``, ``bias_init``, ``scale_init``); layers
-without a recorded :class:`Law` keep ``instantiate``'s original rule (Glorot-normal kernels, zero
-biases).
+records them on the layer (attributes ``kernel_init``, ``bias_init``, ``scale_init``,
+``embedding_init``, or ``{name}_init`` for a bare ``nnx.Param`` attribute ``name``); layers
+without a recorded :class:`Law` keep ``instantiate``'s rule (Glorot-normal kernels, zero biases,
+norm scales 1, embeddings :data:`EMBEDDING_LAW`).
 
 With ``fan`` the fan of the weight's shape (``"in"``: inputs × receptive field, ``"out"``:
 outputs × receptive field, ``None``: 1) and ``g`` the law's ``gain``:
@@ -25,7 +26,7 @@ from typing import Any, Literal, TypeVar
 import jax
 import jax.numpy as jnp
 
-__all__ = ["HE_NORMAL_FAN_OUT", "Law", "fans", "with_laws"]
+__all__ = ["EMBEDDING_LAW", "HE_NORMAL_FAN_OUT", "Law", "fans", "with_laws"]
 
 L = TypeVar("L")
 
@@ -80,8 +81,15 @@ HE_NORMAL_FAN_OUT = Law("normal", gain=math.sqrt(2.0), fan="out")
 """Conv kernels of the CIFAR VGG / ResNet reference codes: ``normal_(0, sqrt(2 / (k·k·out)))``."""
 
 
+EMBEDDING_LAW = Law("normal", gain=0.02)
+"""Token and position embeddings: ``normal_(0, 0.02)`` (GPT-2's init; fan-free)."""
+
+
 def with_laws(layer: L, **laws: Law) -> L:
-    """Record on ``layer`` the laws its params were built with (``kernel=``, ``bias=``, ``scale=``).
+    """Record on ``layer`` the laws its params were built with (``kernel=``, ``bias=``, ``scale=``,
+    ``embedding=``, or the name of a bare ``nnx.Param`` attribute of ``layer``).
+
+    The law of param ``name`` is stored as the attribute ``{name}_init``.
 
     Example:
       >>> from flax import nnx
@@ -91,9 +99,20 @@ def with_laws(layer: L, **laws: Law) -> L:
       (True, 0.5)
     """
     for name, law in laws.items():
-        if name not in ("kernel", "bias", "scale") or not isinstance(law, Law):
+        known = name in _LEAVES or _is_param(getattr(layer, name, None))
+        if not known or not isinstance(law, Law):
             raise ValueError(
-                f"with_laws takes kernel=, bias= or scale= Law objects, got {name}={law!r}."
+                f"with_laws takes kernel=, bias=, scale=, embedding= (or the name of one of "
+                f"the layer's nnx.Param attributes) Law objects, got {name}={law!r}."
             )
         setattr(layer, f"{name}_init", law)
     return layer
+
+
+_LEAVES = ("kernel", "bias", "scale", "embedding")
+
+
+def _is_param(value: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(value, nnx.Param)

@@ -27,7 +27,8 @@ statistics in ``TrainState.model_state``, per ticket like the params: the scan u
 :func:`evaluate` takes them as ``model_state=``, and :func:`fit` passes ``state.model_state``.
 
 :func:`fit` checks its inputs before it computes anything (a ``ValueError`` naming the argument):
-the splits are non-empty ``(x, y)`` pairs of one label per example, with labels in
+the splits are non-empty ``(x, y)`` pairs of one label per example (or, for sequence logits
+``[batch, T, classes]``, one per position: ``y`` of shape ``[n, T]``), with labels in
 ``[0, classes)`` (the width of the model's logits, from one abstract evaluation, when the steps
 have an ``apply_fn``); the ``tickets`` flag matches the state (one ``state.step`` per ticket on a
 leading axis); the data key is typed; the params are floats; the counts are ints; an ``augment``
@@ -179,7 +180,7 @@ def _eval_impl(
     n_batches = math.ceil(n / eval_batch)
     pad = n_batches * eval_batch - n
     xs = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    ys = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+    ys = jnp.concatenate([y, jnp.zeros((pad, *y.shape[1:]), y.dtype)])
     valid = jnp.arange(n_batches * eval_batch) < n
 
     def one(args: tuple[Array, Array, Array]) -> tuple[Array, Array]:
@@ -189,7 +190,7 @@ def _eval_impl(
 
     split = (
         xs.reshape(n_batches, eval_batch, *x.shape[1:]),
-        ys.reshape(n_batches, eval_batch),
+        ys.reshape(n_batches, eval_batch, *y.shape[1:]),
         valid.reshape(n_batches, eval_batch),
     )
     loss, correct = jax.lax.map(one, split)
@@ -345,10 +346,15 @@ def _ticket_count(state: TrainState, trees: dict[str, PyTree], tickets: bool) ->
     return n
 
 
-def _logits_width(steps: Steps, state: TrainState, x: Array, tickets: bool) -> int | None:
-    """The number of classes: the width of the logits of the steps' ``apply_fn`` on one example,
-    from an abstract evaluation (a trace on shapes, nothing computed); ``None`` for steps without
-    an ``apply_fn`` (the :class:`Steps` protocol does not require one)."""
+def _logits_width(
+    steps: Steps, state: TrainState, splits: dict[str, tuple[Array, Array]], tickets: bool
+) -> int | None:
+    """The number of classes: the width (last axis) of the logits of the steps' ``apply_fn`` on
+    one example, from an abstract evaluation (a trace on shapes, nothing computed); ``None`` for
+    steps without an ``apply_fn`` (the :class:`Steps` protocol does not require one). Refuses
+    labels whose shape does not match the logits': ``[n]`` for logits ``[1, C]``, ``[n, T]``
+    for sequence logits ``[1, T, V]``."""
+    x = splits["train"][0]
     apply_fn = getattr(steps, "apply_fn", None)
     if not callable(apply_fn):
         return None
@@ -365,7 +371,17 @@ def _logits_width(steps: Steps, state: TrainState, x: Array, tickets: bool) -> i
     else:
         out = jax.eval_shape(apply_fn, params, one)
     shape = tuple(getattr(out, "shape", ()))
-    return shape[1] if len(shape) == 2 else None
+    if len(shape) < 2:
+        return None
+    for name, (_, y) in splits.items():
+        if tuple(y.shape[1:]) != shape[1:-1]:
+            want = [int(y.shape[0]), *shape[1:-1]]
+            raise ValueError(
+                f"{name}[1] (y) must have shape {want} (one label per position of the model's "
+                f"logits, of shape [batch, {', '.join(map(str, shape[1:]))}] for one example), "
+                f"got {list(y.shape)}."
+            )
+    return shape[-1]
 
 
 def _check_labels(splits: dict[str, tuple[Array, Array]], classes: int | None) -> None:
@@ -482,7 +498,10 @@ def fit(
         ``steps.eval_params(state)``.
       mask: the mask (stacked likewise).
       train, val, test: ``(x, y)`` arrays, each non-empty, with one integer label in
-        ``[0, classes)`` per example; put on the device once and shared by all tickets.
+        ``[0, classes)`` per example, or sequence targets ``y`` of shape ``[n, T]`` for logits
+        ``[batch, T, classes]`` (next-token windows: the loss is then the mean token
+        cross-entropy and the accuracy the token accuracy); put on the device once and shared
+        by all tickets.
       iterations: total training steps; ``eval_every``: steps between evaluations.
       batch_size: examples per step; the data order is a pure function of ``data_key``.
       data_key: one typed key (``jax.random.key``; the same data order for every ticket) or one
@@ -543,7 +562,7 @@ def fit(
     _checks.check_keys(data_key, name="data_key", count=n)
     _check_augment(augment, augment_key, train, n)
     splits = {
-        name: _checks.check_batch(pair, name=name)
+        name: _check_split(pair, name=name)
         for name, pair in (("train", train), ("val", val), ("test", test))
     }
     n_train = int(splits["train"][0].shape[0])
@@ -551,7 +570,7 @@ def fit(
         raise ValueError(
             f"batch_size must be at most the {n_train} training examples, got {batch_size}."
         )
-    _check_labels(splits, _logits_width(steps, state, splits["train"][0], tickets))
+    _check_labels(splits, _logits_width(steps, state, splits, tickets))
     if check_finite:
         _check_finite_start(trees, n)
     if mesh is not None:
@@ -604,6 +623,25 @@ def fit(
             done += length
             bar.update(length)
     return state, _history(records)
+
+
+def _check_split(pair: Any, *, name: str) -> tuple[Array, Array]:
+    """:func:`jaxprune._checks.check_batch`, also accepting sequence targets: ``y`` of shape
+    ``[n, T, ...]`` (one label per position, e.g. next-token windows) as well as ``[n]``."""
+    if isinstance(pair, tuple | list) and len(pair) == 2 and np.ndim(pair[1]) > 1:
+        y = jnp.asarray(pair[1])
+        if 0 in y.shape[1:]:
+            raise ValueError(f"{name}[1] (y) must have no empty axis, got {list(y.shape)}.")
+        rows = np.shape(pair[0])[:1]
+        if rows and y.shape[0] != rows[0]:
+            raise ValueError(
+                f"{name}[1] (y) must have {rows[0]} rows (the labels of each example of x), got "
+                f"shape {list(y.shape)}."
+            )
+        # The checks of one label per example, on the labels of the first position.
+        x, _ = _checks.check_batch((pair[0], y[:, 0]), name=name)
+        return x, y
+    return _checks.check_batch(pair, name=name)
 
 
 def _eval_params(steps: Steps, state: TrainState) -> PyTree:

@@ -163,6 +163,9 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
     r"""Mean softmax cross-entropy with integer labels.
 
     .. math:: -\frac{1}{B}\sum_b \log \mathrm{softmax}(z_b)_{y_b}
+
+    With sequence targets (logits ``(B, T, V)``, labels ``(B, T)``) the mean runs over every
+    position of every example: the mean token cross-entropy.
     """
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
 
@@ -407,17 +410,31 @@ class MaskedSteps:
 
 
 def summed_eval(logits: Array, labels: Array, valid: Array | None = None) -> dict[str, Array]:
-    """Summed softmax cross-entropy ``loss`` and ``correct`` count over the rows where ``valid``.
+    r"""Summed softmax cross-entropy ``loss`` and ``correct`` count over the rows where ``valid``.
 
-    Sums, not means, so that the batches of an evaluation add up exactly.
+    Sums over examples, not means, so that the batches of an evaluation add up exactly. An
+    example with sequence targets (logits ``(B, T, V)``, labels ``(B, T)``; any trailing axes)
+    counts once, by the mean over its positions:
+
+    .. math:: \text{loss} = \sum_b v_b \frac{1}{T}\sum_t -\log \mathrm{softmax}(z_{bt})_{y_{bt}},
+       \qquad \text{correct} = \sum_b v_b \frac{1}{T}\sum_t [\arg\max z_{bt} = y_{bt}]
+
+    so an evaluation's mean loss is the mean token cross-entropy and its accuracy the token
+    accuracy (every window having ``T`` tokens).
 
     Example:
       >>> import jax.numpy as jnp
       >>> out = summed_eval(jnp.array([[2.0, 0.0], [0.0, 2.0]]), jnp.array([0, 0]))
       >>> float(out["correct"])
       1.0
+      >>> seq = jnp.array([[[2.0, 0.0], [0.0, 2.0]], [[2.0, 0.0], [2.0, 0.0]]])  # (B, T, V)
+      >>> float(summed_eval(seq, jnp.array([[0, 0], [0, 0]]))["correct"])  # 1/2 + 2/2
+      1.5
     """
     losses = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    if losses.ndim > 1:  # sequence targets: each example's mean over its positions
+        positions = tuple(range(1, losses.ndim))
+        losses, correct = jnp.mean(losses, positions), jnp.mean(correct, positions)
     w = jnp.ones_like(losses) if valid is None else valid.astype(losses.dtype)
     return {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w)}
