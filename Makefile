@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow lint bench bench-structured bench-accelerator bench-sparse clean
+.PHONY: run test test-slow lint bench bench-structured bench-accelerator bench-sparse bench-llm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) >&2
@@ -53,6 +53,11 @@ bench-accelerator: $(STAMP)
 # tickets vmapped / sharded against one after another; JSON on stdout, a few minutes on 2 cores.
 bench-sparse: $(STAMP)
 	@$(PY) -m benchmarks.sparse_training
+
+# Post-training pruning of the small language model (docs/llm_pruning.md): seconds to prune the
+# whole model per method at the study's two shapes; 2:4 sparse matmul on a GPU. JSON on stdout.
+bench-llm: $(STAMP)
+	@$(PY) -m benchmarks.llm_pruning
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -10,6 +10,8 @@ The pruning core imports jax and numpy only:
 * :mod:`jaxprune.hessian` — Hessian diagonals of a loss (exact, Hutchinson, Gauss-Newton), for OBD;
 * :mod:`jaxprune.reset` — kept-weight resets and pruned-weight values;
 * :mod:`jaxprune.metrics` — params and FLOPs per layer, compression ratio, theoretical speedup;
+* :mod:`jaxprune.posttrain` — post-training pruning of transformers from calibration inputs
+  (magnitude, Wanda, SparseGPT; unstructured and N:M), layer by layer and block by block;
 * :mod:`jaxprune.schedules` — sparsity as a function of round or step;
 * :mod:`jaxprune.sparse_training` — gradual, static, SET, RigL and STE sparse training in any
   training loop (an optax wrapper, a pure state and update);
@@ -21,6 +23,7 @@ from jaxprune import criteria as criteria
 from jaxprune import hessian as hessian
 from jaxprune import masks as masks
 from jaxprune import metrics as metrics
+from jaxprune import posttrain as posttrain
 from jaxprune import reset as reset
 from jaxprune import saliency as saliency
 from jaxprune import schedules as schedules
@@ -36,6 +39,7 @@ __all__ = [
     "hessian",
     "masks",
     "metrics",
+    "posttrain",
     "reset",
     "saliency",
     "schedules",

@@ -31,6 +31,7 @@ STUDIES = (
     "early_bird",
     "instability",
     "sparse_training",
+    "llm_pruning",
 )
 """The studies, the main job (``make run``) first."""
 

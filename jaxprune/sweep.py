@@ -27,7 +27,7 @@ does not grow with the criteria, resets or pruned values in the table.
 
 Rows: one per ticket and level, with the ticket's ``ticket``, ``seed``, ``criterion``, ``kept``,
 ``pruned`` and ``source``, the caller's ``columns``, and ``level``, ``density`` (of the prunable
-weights), ``final_test_acc``, ``final_val_acc``, ``early_stop_iteration`` and
+weights), ``final_test_acc``, ``final_val_acc``, ``final_test_loss``, ``final_val_loss``, ``early_stop_iteration`` and
 ``early_stop_test_acc`` (the evaluation of least validation loss, counted from initialisation),
 ``first_eval_iteration`` / ``first_eval_test_acc`` (differences between tickets show most early in
 training), ``untrained_acc`` (and ``supermask_acc``) and ``iterations``.
@@ -109,10 +109,14 @@ def prunable_density(mask: PyTree, prunable: Prunable = None) -> np.ndarray:
 
 def history_columns(hist: train_.History, i: int, offset: int = 0) -> dict[str, Any]:
     """Row columns of ticket ``i``'s :class:`~jaxprune.train.History` (iterations + ``offset``):
-    final and early-stop accuracies, and the first evaluation (where tickets differ most)."""
+    final and early-stop accuracies, the final losses (mean cross-entropy per example; per token
+    for a language model, so that ``exp(final_test_loss)`` is its test perplexity), and the first
+    evaluation (where tickets differ most)."""
     return {
         "final_test_acc": float(hist.test_acc[i, -1]),
         "final_val_acc": float(hist.val_acc[i, -1]),
+        "final_test_loss": float(hist.test_loss[i, -1]),
+        "final_val_loss": float(hist.val_loss[i, -1]),
         "early_stop_iteration": int(hist.early_stop_iteration[i]) + offset,
         "early_stop_test_acc": float(hist.early_stop_test_acc[i]),
         "first_eval_iteration": int(hist.iteration[0]) + offset,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks import accelerator, engine, structured
+from benchmarks import llm_pruning as llm_bench
 from benchmarks import sparse_training as sparse_bench
 
 SECTIONS = {
@@ -187,3 +188,31 @@ def test_sparse_training_smoke_reports_every_ratio_from_its_own_timings() -> Non
         assert target["met"] == (target["value"] <= target["target"]), name
     load = out["machine"]["load_average_end"]
     assert load is None or len(load) == 3
+
+
+@pytest.mark.slow
+def test_llm_pruning_smoke_reports_every_method_and_target(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    out_file = tmp_path / "llm.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.llm_pruning", "--smoke", "--out", str(out_file)],
+        cwd=root, capture_output=True, text=True, timeout=900, check=True,
+    )  # fmt: skip
+    out = json.loads(proc.stdout)  # stdout is the JSON alone; progress went to stderr
+    assert json.loads(out_file.read_text()) == out
+    (shape,) = llm_bench.SMOKE.shapes
+    fig = out["pruning"][shape.name]
+    assert fig["calibration_tokens"] == shape.calibration * shape.context
+    assert sorted(fig["seconds"]) == sorted(("magnitude", "wanda", "sparsegpt"))
+    for targets in fig["seconds"].values():
+        assert sorted(targets) == sorted(llm_bench.SMOKE.targets)
+        for t in targets.values():
+            assert all(math.isfinite(v) and v > 0 for v in (t["first_s"], t["warm_s"]))
+    nm = out["nm_matmul"]
+    if not nm["available"]:  # jax without jax.experimental.sparse.nm: said so, nothing timed
+        assert "jax.experimental.sparse.nm" in nm["reason"] and "results" not in nm
+    elif out["machine"]["backend"] != "gpu":
+        assert "skipped" in nm
+    machine = out["machine"]
+    load = machine["loadavg_start"] + machine["loadavg_after_pruning"] + machine["loadavg_end"]
+    assert len(load) == 9 and all(v >= 0 for v in load)

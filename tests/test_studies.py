@@ -33,6 +33,7 @@ from experiments import (
     deconstructing,
     early_bird,
     instability,
+    llm_pruning,
     lottery_ticket,
     obd,
     pruning_at_init,
@@ -359,7 +360,7 @@ def test_open_lth_init_draws_kaiming_normal_kernels_and_uniform_bn_scales():
 
 STUDIES = [
     lottery_ticket, deconstructing, obd, pruning_at_init, rethinking, early_bird, instability,
-    sparse_training,
+    sparse_training, llm_pruning,
 ]  # fmt: skip
 
 
