@@ -16,7 +16,11 @@ The pruning core imports jax and numpy only:
 * :mod:`jaxprune.sparse_training` — gradual, static, SET, RigL and STE sparse training in any
   training loop (an optax wrapper, a pure state and update);
 * :mod:`jaxprune.structured` — channel groups, filter / BN-scale scores and compaction into a
-  smaller model (flax is imported only when a model is read or built).
+  smaller model (flax is imported only when a model is read or built);
+* :mod:`jaxprune.transfer` — ticket transfer between tasks: transplant a ticket onto a target
+  network (fresh output layer), random masks at the same per-layer counts;
+* :mod:`jaxprune.wann` — weight-agnostic network search (Gaier & Ha 2019): shared-weight
+  evaluation of a population in one program, mutations, Pareto ranking, a resumable search.
 """
 
 from jaxprune import criteria as criteria
@@ -30,6 +34,8 @@ from jaxprune import schedules as schedules
 from jaxprune import select as select
 from jaxprune import sparse_training as sparse_training
 from jaxprune import structured as structured
+from jaxprune import transfer as transfer
+from jaxprune import wann as wann
 
 __version__ = "0.1.0"
 
@@ -46,4 +52,6 @@ __all__ = [
     "select",
     "sparse_training",
     "structured",
+    "transfer",
+    "wann",
 ]

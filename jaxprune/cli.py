@@ -32,6 +32,8 @@ STUDIES = (
     "instability",
     "sparse_training",
     "llm_pruning",
+    "ticket_transfer",
+    "weight_agnostic",
 )
 """The studies, the main job (``make run``) first."""
 

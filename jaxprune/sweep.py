@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import time
@@ -69,7 +70,7 @@ from jaxprune import data as data_
 from jaxprune import train as train_
 from jaxprune._types import Key, Params, Prunable, PyTree
 
-__all__ = ["Sweep", "history_columns", "prunable_density", "run_levels"]
+__all__ = ["Sweep", "history_columns", "load_level", "prunable_density", "run_levels"]
 
 
 class Sweep(NamedTuple):
@@ -381,6 +382,130 @@ def run_levels(
         "ticket_steps": float(clock.ticket_steps),
     }
     return Sweep(store.path, rows, timings)
+
+
+def _orbax_key(name: str, path: tuple[Any, ...]) -> tuple[str, ...]:
+    """The key orbax's flat metadata gives the leaf at ``path`` of the saved tree ``name``."""
+    parts = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+    return (name, *(str(p) for p in parts))
+
+
+def _stacked_like(folder: Path, per_network: dict[str, PyTree]) -> dict[str, PyTree]:
+    """Restore templates for the checkpoint in ``folder``: each tree's leaves as shape/dtype
+    structs with the saved shapes, after checking that the per-network shapes agree."""
+    saved = train_.checkpoint._saved_leaves(folder)
+    like: dict[str, PyTree] = {}
+    for name, tree in per_network.items():
+        flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        leaves = []
+        for path, leaf in flat:
+            meta = saved.get(_orbax_key(name, path))
+            shape, dtype = tuple(np.shape(leaf)), jnp.result_type(leaf)
+            want = tuple(getattr(meta, "shape", None) or ())
+            if not want:  # not saved (or a scalar): checkpoint.restore says what differs
+                leaves.append(jax.ShapeDtypeStruct(shape, dtype))
+                continue
+            # One network's leaf, or a stack of them on another leading axis (e.g. theta0).
+            if shape != want[1:] and shape[1:] != want[1:]:
+                raise ValueError(
+                    f"like{jax.tree_util.keystr(path)} has shape {list(shape)}, but the checkpoint "
+                    f"in {str(folder)!r} saved {name} with per-network shape {list(want[1:])} "
+                    f"(stacked: {list(want)}); pass the params of the run's model."
+                )
+            leaves.append(jax.ShapeDtypeStruct(want, dtype))
+        like[name] = jax.tree.unflatten(treedef, leaves)
+    return like
+
+
+def load_level(
+    path: str | os.PathLike[str],
+    level: int,
+    like: Params,
+    *,
+    model_state: PyTree | None = None,
+) -> dict[str, PyTree]:
+    """Read what :func:`run_levels` checkpointed for a finished ``level``, per ticket.
+
+    Returns ``{"mask", "final", "theta_k"}``, every leaf stacked over the run's tickets in table
+    order: ``mask`` the level's mask, ``final`` the weights after the level's training, and
+    ``theta_k`` the ticket's rewind point (its seed's θ_k from the dense run, before the level's
+    reset). Level 0 (the dense run) has no mask: ``{"theta_k", "final"}``, each ticket's row
+    being its seed's. With batch norm (``model_state`` given, as :func:`run_levels` took it) the
+    dict also holds ``state_k`` and ``final_state``, the model states at k and after training.
+    The ticket's trained-then-rewound mask, its θ_k and ``masks.apply(theta_k, mask)`` are what a
+    transfer study carries to another task (:func:`jaxprune.transfer.transplant`); this is the
+    one reader of the checkpoint layout, so studies never read it themselves.
+
+    Args:
+      path: the run's folder (:attr:`Sweep.path`).
+      level: a level the run has committed (0 … ``levels``).
+      like: the params of the run's model: one network's (``models.functional(...)[1]``) or
+        the stack :func:`run_levels` took as ``theta0``; gives the tree structure and dtypes,
+        the leading axes are read from the checkpoint.
+      model_state: the model state of one network (or the stack), for batch-norm runs only.
+
+    Raises:
+      ValueError: ``path`` holds no run, ``level`` is not an int or not finished there (the
+        message lists the finished levels), or ``like`` does not fit the saved shapes.
+
+    Example (a run of the module example's shape):
+      >>> import tempfile, jax, optax
+      >>> from jaxprune import data, masks, models, sweep, tickets, train
+      >>> ds = data.load("digits")
+      >>> apply_fn, params, _ = models.functional(models.build("mlp", input_shape=ds.input_shape,
+      ...     num_classes=10, seed=0, hidden=(16,)))
+      >>> out = sweep.run_levels(tempfile.mkdtemp(), tickets.grid(1, ("large_final",),
+      ...     key=jax.random.key(0)), apply_fn, train.stack([params]), ds,
+      ...     optimizer=optax.adam(1e-2), levels=1, rates=0.5, iterations=20, batch_size=64,
+      ...     eval_every=20, key=jax.random.key(1), progress=False)
+      >>> got = sweep.load_level(out.path, 1, params)
+      >>> sorted(got), float(sweep.prunable_density(got["mask"])[0]) == out.rows[-1]["density"]
+      (['final', 'mask', 'theta_k'], True)
+      >>> sweep.load_level(out.path, 2, params)
+      Traceback (most recent call last):
+      ...
+      ValueError: level 2 of the run in ... is not finished (finished levels: [0, 1])...
+    """
+    folder = Path(path)
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise ValueError(f"path {str(folder)!r} holds no run of run_levels (no config.json).")
+    if isinstance(level, bool) or not isinstance(level, int | np.integer) or level < 0:
+        raise ValueError(f"level must be a non-negative int, got {level!r}.")
+    config = json.loads(config_file.read_text())
+    with results.Store(folder, config, readonly=True) as store:
+        done = sorted(int(u[len("level_") :]) for u in store.done() if u.startswith("level_"))
+    if level not in done:
+        raise ValueError(
+            f"level {level} of the run in {str(folder)!r} is not finished (finished levels: "
+            f"{done}); run run_levels again with the same arguments to compute it."
+        )
+    seeds = jnp.asarray([int(t[0]) for t in config["tickets"]], jnp.int32)
+    states = {} if model_state is None else {"state_k": model_state, "final_state": model_state}
+    dense_dir = folder / "state" / "level_000"
+    dense = train_.checkpoint.restore(
+        dense_dir, like=_stacked_like(dense_dir, {"theta_k": like, "final": like, **states})
+    )
+    per_ticket = {k: tickets.gather(v, seeds) for k, v in dense.items() if k != "final_state"}
+    if level == 0:
+        if model_state is not None:
+            per_ticket["final_state"] = tickets.gather(dense["final_state"], seeds)
+        return {**per_ticket, "final": tickets.gather(dense["final"], seeds)}
+    level_dir = folder / "state" / f"level_{level:03d}"
+    bools = jax.tree.map(lambda p: np.zeros(np.shape(p), bool), like)
+    trained = train_.checkpoint.restore(
+        level_dir,
+        like=_stacked_like(
+            level_dir,
+            {"mask": bools, "final": like,
+             **({} if model_state is None else {"model_state": model_state})},
+        ),
+    )  # fmt: skip
+    out = {"mask": trained["mask"], "final": trained["final"], "theta_k": per_ticket["theta_k"]}
+    if model_state is not None:
+        out["state_k"] = per_ticket["state_k"]
+        out["final_state"] = trained["model_state"]
+    return out
 
 
 def _check_model_state(model_state: PyTree | None, theta0: Params, supermask_acc: bool) -> None:

@@ -39,6 +39,8 @@ from experiments import (
     pruning_at_init,
     rethinking,
     sparse_training,
+    ticket_transfer,
+    weight_agnostic,
 )
 from jaxprune import criteria, data, masks, models, results, train
 
@@ -190,8 +192,8 @@ BAD_SETTINGS = [
      "prunable layers are: ['fc1']['kernel'].value, ['fc2']['kernel'].value, "
      "['out']['kernel'].value."),
     (["--data-dir", "{empty}"], "--data-dir is only read for the prepared tensorflow-datasets "
-     "sets ('cifar10', 'cifar100', 'fashion_mnist', 'mnist'); 'digits' is built into jaxprune and "
-     "reads no folder: drop --data-dir"),
+     "sets ('cifar10', 'cifar100', 'fashion_mnist', 'mnist', 'tiny_shakespeare'); 'digits' is "
+     "built into jaxprune and reads no folder: drop --data-dir"),
 ]  # fmt: skip
 
 
@@ -222,12 +224,28 @@ def _refused(module, argv, tmp_path, capsys) -> str:
     return err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--dataset", "pydoc"], "--model must be a model of token ids for the text set 'pydoc', "
+         "one of ('transformer',), got 'lenet300_100'."),
+        (["--model", "transformer"], "--dataset must be a text set for the language model "
+         "'transformer', one of ('pydoc', 'tiny_shakespeare'), got 'digits'."),
+    ],
+)  # fmt: skip
+def test_text_sets_go_with_language_models(argv, says, tmp_path, capsys):
+    # A text set's token windows fed to an image model (or pixels to the LM) would fail deep
+    # inside the first training step; the studies refuse the pair up front.
+    assert says in _refused(lottery_ticket, argv, tmp_path, capsys)
+
+
 def test_deconstructing_refuses_batch_norm_models(tmp_path, capsys):
     # Its supermasks train apply_fn(params, x); the lottery-ticket study takes batch norm.
     err = _refused(deconstructing, ["--model", "vgg19"], tmp_path, capsys)
     assert (
         "--model must be a model without batch norm (this study trains apply_fn(params, x), "
-        "models.functional), one of ('conv2', 'conv4', 'conv6', 'lenet300_100', 'mlp'), got "
+        "models.functional), one of ('conv2', 'conv4', 'conv6', 'lenet300_100', 'mlp', 'transformer', "
+        "'vit'), got "
         "'vgg19'." in err
     )
 
@@ -360,7 +378,7 @@ def test_open_lth_init_draws_kaiming_normal_kernels_and_uniform_bn_scales():
 
 STUDIES = [
     lottery_ticket, deconstructing, obd, pruning_at_init, rethinking, early_bird, instability,
-    sparse_training, llm_pruning,
+    sparse_training, llm_pruning, ticket_transfer, weight_agnostic,
 ]  # fmt: skip
 
 

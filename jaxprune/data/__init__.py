@@ -16,6 +16,10 @@
   :func:`load_text` for byte level), split 90 / 5 / 5 contiguously; :func:`decode` reads tokens
   back as text.
 
+Views for transfer studies: :func:`class_subset` (some classes, relabelled from 0),
+:func:`permute_pixels` (one fixed pixel permutation) and :func:`task`, a dataset by spec string
+(``"digits:0-4"``, ``"digits:permuted"``, ``"mnist"``, …).
+
 ``load(..., normalize=True)`` (or :func:`normalize`) standardises the pixels per channel with the
 training split's mean and std. :class:`Augment` and :func:`augment_batch` (module
 :mod:`jaxprune.data.augment`) are the random crops and flips that :func:`jaxprune.train.fit`
@@ -44,6 +48,9 @@ from jaxprune.data._text import load_text as load_text
 from jaxprune.data._text import text_corpus as text_corpus
 from jaxprune.data._tfds import TFDS_SETS as TFDS_SETS
 from jaxprune.data._tfds import DatasetNotAvailableError as DatasetNotAvailableError
+from jaxprune.data._views import class_subset as class_subset
+from jaxprune.data._views import permute_pixels as permute_pixels
+from jaxprune.data._views import task as task
 from jaxprune.data.augment import Augment as Augment
 from jaxprune.data.augment import augment_batch as augment_batch
 
@@ -57,13 +64,16 @@ __all__ = [
     "Normalization",
     "Split",
     "augment_batch",
+    "class_subset",
     "decode",
     "digits",
     "load",
     "load_text",
     "names",
     "normalize",
+    "permute_pixels",
     "stratified_take",
     "synthetic",
+    "task",
     "text_corpus",
 ]
